@@ -1,0 +1,255 @@
+"""One connection from Twinkly to a backend: TLS, start-up and login, then a byte stream.
+
+Until the backend says ReadyForQuery the protocol runs its own start-up state machine;
+after that every received chunk goes straight to ``on_data`` (the session), untouched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from twisted.internet import defer, ssl
+from twisted.internet.endpoints import HostnameEndpoint, connectProtocol
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import Protocol, connectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from twinkly.auth import AuthenticationFailed, BackendAuthenticator
+from twinkly.config import BackendConfig
+from twinkly.wire.backend import (
+    Authentication,
+    BackendKeyData,
+    ErrorResponse,
+    decode_backend,
+)
+from twinkly.wire.buffers import Reader, tagged
+from twinkly.wire.framing import MessageFramer, ProtocolViolation
+from twinkly.wire.frontend import CancelRequest, SSLRequest, StartupMessage, Terminate, encode
+
+log = Logger()
+
+
+class BackendError(Exception):
+    """A backend could not be reached or refused the login; the message names it."""
+
+    def __init__(self, message: str, sqlstate: str = "08006", fields: dict | None = None):
+        super().__init__(message)
+        self.sqlstate = sqlstate
+        self.fields = fields or {}
+
+
+def startup_parameters(config: BackendConfig, client: dict[str, str]) -> dict[str, str]:
+    """What to send a backend: the client's parameters with this backend's user and
+    database, minus protocol extensions Twinkly does not speak."""
+    params = {k: v for k, v in client.items() if not k.startswith("_pq_.")}
+    params["user"] = config.user or client["user"]
+    params["database"] = config.database or client.get("database") or client["user"]
+    return params
+
+
+def _tls_options(config: BackendConfig) -> ssl.CertificateOptions | object:
+    if config.tls == "verify-full":
+        with open(config.ca_file or "", "rb") as f:
+            return ssl.optionsForClientTLS(config.host, trustRoot=ssl.Certificate.loadPEM(f.read()))
+    if config.tls == "verify-ca":
+        with open(config.ca_file or "", "rb") as f:
+            ca = ssl.Certificate.loadPEM(f.read())
+        return ssl.CertificateOptions(verify=True, caCerts=[ca.original], requireCertificate=True)
+    return ssl.CertificateOptions()
+
+
+class BackendProtocol(Protocol):
+    """A backend connection. ``ready`` fires with the protocol once logged in."""
+
+    def __init__(
+        self,
+        config: BackendConfig,
+        parameters: dict[str, str],
+        clock: IReactorTime,
+        max_message_bytes: int,
+    ) -> None:
+        self.config = config
+        self.label = config.label
+        self.parameters = parameters
+        self.clock = clock
+        self.framer = MessageFramer(max_message_bytes)
+        self.ready: defer.Deferred[BackendProtocol] = defer.Deferred()
+        self.key: BackendKeyData | None = None
+        self.status = "I"
+        self.startup_bytes: list[bytes] = []  # ParameterStatus and notices, for the client
+        self.server_parameters: dict[str, str] = {}
+        self.leftover: list[tuple[int, bytes]] = []
+        self.on_data: Callable[[bytes], None] | None = None
+        self.on_lost: Callable[[BackendProtocol, Failure], None] | None = None
+        self.connected_ok = False
+        self._auth = BackendAuthenticator(parameters["user"], config.password, config.describe())
+        self._awaiting_ssl = False
+        self._timeout = None
+
+    # --- connection lifecycle ------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        self.transport.setTcpNoDelay(True)
+        self._timeout = self.clock.callLater(self.config.connect_timeout, self._start_timed_out)
+        if self.config.tls != "disable":
+            self._awaiting_ssl = True
+            self.transport.write(SSLRequest().encode())
+        else:
+            self._send_startup()
+
+    def _send_startup(self) -> None:
+        self.transport.write(StartupMessage(self.parameters).encode())
+
+    def _start_timed_out(self) -> None:
+        self._timeout = None
+        self._fail(BackendError(f"{self.config.describe()} did not finish start-up in time"))
+        self.transport.abortConnection()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._cancel_timeout()
+        if not self.ready.called:
+            self._fail(
+                BackendError(
+                    f"{self.config.describe()} closed the connection during start-up:"
+                    f" {reason.getErrorMessage()}"
+                )
+            )
+        elif self.on_lost is not None:
+            on_lost, self.on_lost = self.on_lost, None
+            on_lost(self, reason)
+
+    def terminate(self) -> None:
+        """Say goodbye politely, then close."""
+        self.on_lost = None
+        if self.transport is not None and self.transport.connected:
+            self.transport.write(encode(Terminate()))
+            self.transport.loseConnection()
+
+    def _cancel_timeout(self) -> None:
+        if self._timeout is not None and self._timeout.active():
+            self._timeout.cancel()
+        self._timeout = None
+
+    def _fail(self, error: Exception) -> None:
+        self._cancel_timeout()
+        if not self.ready.called:
+            self.ready.errback(Failure(error))
+
+    # --- data ----------------------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        on_data = self.on_data
+        if on_data is not None:
+            on_data(data)
+            return
+        if self.ready.called:
+            return  # failed during start-up; closing
+        if self._awaiting_ssl:
+            data = self._ssl_answer(data)
+            if not data:
+                return
+        try:
+            messages = self.framer.feed(data)
+            for index, (type_byte, payload) in enumerate(messages):
+                if self._startup_message(type_byte, payload):
+                    self.leftover = messages[index + 1 :]
+                    self._cancel_timeout()
+                    self.connected_ok = True
+                    self.ready.callback(self)
+                    return
+        except (ProtocolViolation, AuthenticationFailed, BackendError) as e:
+            if not isinstance(e, BackendError):
+                e = BackendError(str(e), getattr(e, "sqlstate", "08006"))
+            self._fail(e)
+            self.transport.loseConnection()
+
+    def _ssl_answer(self, data: bytes) -> bytes:
+        self._awaiting_ssl = False
+        answer, rest = data[:1], data[1:]
+        if answer == b"S":
+            self.transport.startTLS(_tls_options(self.config))
+            self._send_startup()
+        elif answer == b"N" and self.config.tls == "prefer":
+            self._send_startup()
+        else:
+            self._fail(
+                BackendError(
+                    f"{self.config.describe()} does not accept TLS (tls = {self.config.tls})"
+                )
+            )
+            self.transport.loseConnection()
+        return rest
+
+    def _startup_message(self, type_byte: int, payload: bytes) -> bool:
+        """Handle one start-up message; True once the backend is ready."""
+        if type_byte == ord("R"):
+            reply = self._auth.respond(Authentication.read(Reader(payload)))
+            if reply:
+                self.transport.write(reply)
+        elif type_byte == ord("S"):
+            message = decode_backend(type_byte, payload)
+            self.server_parameters[message.name] = message.value  # type: ignore[attr-defined]
+            self.startup_bytes.append(tagged(b"S", payload))
+        elif type_byte == ord("K"):
+            self.key = BackendKeyData.read(Reader(payload))
+        elif type_byte == ord("N"):
+            self.startup_bytes.append(tagged(b"N", payload))
+        elif type_byte == ord("E"):
+            error = ErrorResponse.read(Reader(payload))
+            raise BackendError(
+                f"{self.config.describe()}: {error.message}", error.sqlstate, error.fields
+            )
+        elif type_byte == ord("v"):
+            pass  # NegotiateProtocolVersion: we asked for 3.0 and no extensions
+        elif type_byte == ord("Z"):
+            self.status = chr(payload[0])
+            return True
+        else:
+            raise BackendError(f"{self.config.describe()} sent {chr(type_byte)!r} during start-up")
+        return False
+
+
+def connect_backend(
+    reactor: object,
+    config: BackendConfig,
+    parameters: dict[str, str],
+    max_message_bytes: int,
+) -> defer.Deferred[BackendProtocol]:
+    """Connect, negotiate TLS, log in; fires with the ready protocol or a BackendError."""
+    protocol = BackendProtocol(config, parameters, reactor, max_message_bytes)  # type: ignore[arg-type]
+    endpoint = HostnameEndpoint(reactor, config.host, config.port, timeout=config.connect_timeout)
+
+    def connect_failed(failure: Failure) -> Failure:
+        if failure.check(BackendError):
+            return failure
+        raise BackendError(f"cannot connect to {config.describe()}: {failure.getErrorMessage()}")
+
+    connecting = connectProtocol(endpoint, protocol)
+    connecting.addCallback(lambda _: protocol.ready)
+    connecting.addErrback(connect_failed)
+    return connecting
+
+
+class _CancelSender(Protocol):
+    def __init__(self, request: bytes) -> None:
+        self._request = request
+
+    def connectionMade(self) -> None:
+        self.transport.write(self._request)
+        self.transport.loseConnection()
+
+
+def send_cancel(reactor: object, config: BackendConfig, key: BackendKeyData) -> defer.Deferred:
+    """Deliver a CancelRequest for ``key`` on a fresh connection, as libpq does."""
+    endpoint = HostnameEndpoint(reactor, config.host, config.port, timeout=config.connect_timeout)
+    request = CancelRequest(key.process_id, key.secret_key).encode()
+    connecting = connectProtocol(endpoint, _CancelSender(request))
+    connecting.addErrback(
+        lambda f: log.warn(
+            "cannot send cancel to {backend}: {error}",
+            backend=config.describe(),
+            error=f.getErrorMessage(),
+        )
+    )
+    return connecting

@@ -1,0 +1,327 @@
+"""Configuration: HOCON in, frozen dataclasses out, every key checked.
+
+Parsed once, before the reactor starts. An unknown key or a bad value raises
+ConfigError naming the key's full path, so a typo stops start-up instead of being
+silently ignored.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from pyhocon import ConfigFactory, ConfigTree
+from pyhocon.exceptions import ConfigException
+
+from twinkly.auth import METHODS, ClientAuthConfig
+
+TLS_MODES = ("disable", "prefer", "require", "verify-ca", "verify-full")
+BACKEND_KEYS = ("postgresql", "yugabytedb")
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message starts with the key's path."""
+
+
+@dataclass(frozen=True)
+class BackendConfig:
+    name: str  # "postgresql" or "yugabytedb": the key it came from
+    label: str
+    host: str = "127.0.0.1"
+    port: int = 5432
+    user: str | None = None  # None: the client's user name
+    password: str | None = None
+    database: str | None = None  # None: the client's database
+    tls: str = "disable"
+    ca_file: str | None = None
+    connect_timeout: float = 10.0
+
+    def describe(self) -> str:
+        return f"{self.label} ({self.host}:{self.port})"
+
+
+@dataclass(frozen=True)
+class FlowConfig:
+    # Truth results the target may lag behind before the client is paused.
+    max_target_lag: int = 1000
+    # Target results held ahead of the truth before the target is paused.
+    max_target_ahead: int = 1000
+    # Held results past which the session stops pairing instead of growing.
+    max_held_results: int = 100_000
+
+
+@dataclass(frozen=True)
+class ProxyConfig:
+    listen_address: str = "127.0.0.1"
+    listen_port: int = 5431
+    max_message_bytes: int = 64 * 1024 * 1024
+    shutdown_timeout: float = 10.0
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    auth: ClientAuthConfig = field(default_factory=ClientAuthConfig)
+    flow: FlowConfig = field(default_factory=FlowConfig)
+
+
+@dataclass(frozen=True)
+class ComparisonConfig:
+    enabled: bool = True
+    source_of_truth: str = "postgresql"
+
+
+@dataclass(frozen=True)
+class Config:
+    proxy: ProxyConfig
+    postgresql: BackendConfig
+    yugabytedb: BackendConfig
+    comparison: ComparisonConfig = field(default_factory=ComparisonConfig)
+
+    @property
+    def truth(self) -> BackendConfig:
+        return (
+            self.postgresql if self.comparison.source_of_truth == "postgresql" else self.yugabytedb
+        )
+
+    @property
+    def target(self) -> BackendConfig:
+        return (
+            self.yugabytedb if self.comparison.source_of_truth == "postgresql" else self.postgresql
+        )
+
+    def with_overrides(
+        self,
+        listen: tuple[str, int] | None = None,
+        source_of_truth: str | None = None,
+    ) -> Config:
+        config = self
+        if listen is not None:
+            proxy = replace(config.proxy, listen_address=listen[0], listen_port=listen[1])
+            config = replace(config, proxy=proxy)
+        if source_of_truth is not None:
+            if source_of_truth not in BACKEND_KEYS:
+                raise ConfigError(
+                    f"comparison.source-of-truth: must be one of {', '.join(BACKEND_KEYS)},"
+                    f" got {source_of_truth!r}"
+                )
+            comparison = replace(config.comparison, source_of_truth=source_of_truth)
+            config = replace(config, comparison=comparison)
+        return config
+
+
+# --- reading typed values with their path ----------------------------------------------
+
+
+class _Section:
+    """One HOCON object being read; remembers which keys were consumed."""
+
+    def __init__(self, tree: ConfigTree | None, path: str) -> None:
+        self._tree = tree if tree is not None else ConfigTree()
+        self._path = path
+        self._used: set[str] = set()
+
+    def _key(self, key: str) -> str:
+        return f"{self._path}.{key}" if self._path else key
+
+    def _raw(self, key: str) -> Any:
+        self._used.add(key)
+        return self._tree.get(key, None) if key in self._tree else None
+
+    def section(self, key: str) -> _Section:
+        value = self._raw(key)
+        if value is not None and not isinstance(value, ConfigTree):
+            raise ConfigError(f"{self._key(key)}: expected an object, got {value!r}")
+        return _Section(value, self._key(key))
+
+    def string(self, key: str, default: str | None, choices: tuple[str, ...] = ()) -> Any:
+        value = self._raw(key)
+        if value is None:
+            return default
+        if isinstance(value, (ConfigTree, list, bool)):
+            raise ConfigError(f"{self._key(key)}: expected a string, got {value!r}")
+        value = str(value)
+        if choices and value not in choices:
+            raise ConfigError(
+                f"{self._key(key)}: must be one of {', '.join(choices)}, got {value!r}"
+            )
+        return value
+
+    def integer(self, key: str, default: int, low: int, high: int) -> int:
+        value = self._raw(key)
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            raise ConfigError(f"{self._key(key)}: expected an integer, got {value!r}")
+        try:
+            number = int(value)
+        except ValueError:
+            raise ConfigError(f"{self._key(key)}: expected an integer, got {value!r}") from None
+        if not low <= number <= high:
+            raise ConfigError(f"{self._key(key)}: must be between {low} and {high}, got {number}")
+        return number
+
+    def seconds(self, key: str, default: float) -> float:
+        value = self._raw(key)
+        if value is None:
+            return default
+        try:
+            number = _parse_seconds(value)
+        except ValueError:
+            raise ConfigError(
+                f"{self._key(key)}: expected a duration such as 10, 10s or 500ms, got {value!r}"
+            ) from None
+        if number < 0:
+            raise ConfigError(f"{self._key(key)}: must not be negative")
+        return number
+
+    def boolean(self, key: str, default: bool) -> bool:
+        value = self._raw(key)
+        if value is None:
+            return default
+        if isinstance(value, bool):
+            return value
+        if str(value).lower() in ("true", "yes", "on"):
+            return True
+        if str(value).lower() in ("false", "no", "off"):
+            return False
+        raise ConfigError(f"{self._key(key)}: expected true or false, got {value!r}")
+
+    def raw_list(self, key: str) -> list[Any]:
+        value = self._raw(key)
+        if value is None:
+            return []
+        if not isinstance(value, list):
+            raise ConfigError(f"{self._key(key)}: expected a list, got {value!r}")
+        return value
+
+    def finish(self) -> None:
+        """Reject every key that was not read."""
+        for key in self._tree:
+            if key not in self._used:
+                raise ConfigError(f"{self._key(key)}: unknown configuration key")
+
+
+def _parse_seconds(value: Any) -> float:
+    if isinstance(value, bool):
+        raise ValueError(value)
+    if isinstance(value, (int, float)):
+        return float(value)
+    text = str(value).strip().lower().replace(" ", "")
+    for suffix, scale in (("ms", 0.001), ("s", 1.0), ("m", 60.0)):
+        if text.endswith(suffix):
+            return float(text[: -len(suffix)]) * scale
+    return float(text)
+
+
+# --- the schema -----------------------------------------------------------------------
+
+
+def _backend(section: _Section, name: str, default_port: int) -> BackendConfig:
+    config = BackendConfig(
+        name=name,
+        label=section.string("label", name),
+        host=section.string("host", "127.0.0.1"),
+        port=section.integer("port", default_port, 1, 65535),
+        user=section.string("user", None),
+        password=section.string("password", None),
+        database=section.string("database", None),
+        tls=section.string("tls", "disable", TLS_MODES),
+        ca_file=section.string("ca-file", None),
+        connect_timeout=section.seconds("connect-timeout", 10.0),
+    )
+    if config.tls in ("verify-ca", "verify-full") and not config.ca_file:
+        raise ConfigError(f"{section._key('ca-file')}: required when tls = {config.tls}")
+    section.finish()
+    return config
+
+
+def _client_auth(section: _Section) -> ClientAuthConfig:
+    method = section.string("method", "trust", METHODS)
+    users = []
+    for index, entry in enumerate(section.raw_list("users")):
+        path = f"{section._key('users')}[{index}]"
+        if not isinstance(entry, ConfigTree):
+            raise ConfigError(f"{path}: expected an object with name and password")
+        user = _Section(entry, path)
+        name = user.string("name", None)
+        password = user.string("password", None)
+        if not name:
+            raise ConfigError(f"{path}.name: required")
+        if password is None and method != "trust":
+            raise ConfigError(f"{path}.password: required for auth method {method}")
+        user.finish()
+        users.append((name, password or ""))
+    if method != "trust" and not users:
+        raise ConfigError(f"{section._key('users')}: auth method {method} needs at least one user")
+    section.finish()
+    return ClientAuthConfig(method, tuple(users))
+
+
+def _proxy(section: _Section) -> ProxyConfig:
+    tls = section.section("tls")
+    flow = section.section("flow")
+    auth = section.section("auth")
+    config = ProxyConfig(
+        listen_address=section.string("listen-address", "127.0.0.1"),
+        listen_port=section.integer("listen-port", 5431, 0, 65535),
+        max_message_bytes=section.integer(
+            "max-message-bytes", 64 * 1024 * 1024, 1024, 1024 * 1024 * 1024
+        ),
+        shutdown_timeout=section.seconds("shutdown-timeout", 10.0),
+        tls_cert_file=tls.string("cert-file", None),
+        tls_key_file=tls.string("key-file", None),
+        auth=_client_auth(auth),
+        flow=FlowConfig(
+            max_target_lag=flow.integer("max-target-lag", 1000, 1, 10_000_000),
+            max_target_ahead=flow.integer("max-target-ahead", 1000, 1, 10_000_000),
+            max_held_results=flow.integer("max-held-results", 100_000, 10, 100_000_000),
+        ),
+    )
+    if bool(config.tls_cert_file) != bool(config.tls_key_file):
+        raise ConfigError("proxy.tls: cert-file and key-file must be given together")
+    for key in ("cert-file", "key-file"):
+        value = tls.string(key, None)
+        if value and not Path(value).is_file():
+            raise ConfigError(f"proxy.tls.{key}: no such file: {value}")
+    tls.finish()
+    flow.finish()
+    return config
+
+
+def from_tree(tree: ConfigTree) -> Config:
+    root = _Section(tree, "")
+    proxy_section = root.section("proxy")
+    postgresql = _backend(proxy_section.section("postgresql"), "postgresql", 5432)
+    yugabytedb = _backend(proxy_section.section("yugabytedb"), "yugabytedb", 5433)
+    proxy = _proxy(proxy_section)
+    comparison_section = root.section("comparison")
+    comparison = ComparisonConfig(
+        enabled=comparison_section.boolean("enabled", True),
+        source_of_truth=comparison_section.string("source-of-truth", "postgresql", BACKEND_KEYS),
+    )
+    comparison_section.finish()
+    root.finish()
+    if (postgresql.host, postgresql.port) == (yugabytedb.host, yugabytedb.port):
+        raise ConfigError(
+            "proxy.yugabytedb.port: both backends point at the same server"
+            f" {postgresql.host}:{postgresql.port}"
+        )
+    return Config(proxy=proxy, postgresql=postgresql, yugabytedb=yugabytedb, comparison=comparison)
+
+
+def load(path: str | Path) -> Config:
+    """Parse a HOCON file (with environment substitution) into a Config."""
+    try:
+        tree = ConfigFactory.parse_file(str(path), resolve=True)
+    except FileNotFoundError:
+        raise ConfigError(f"configuration file not found: {path}") from None
+    except (ConfigException, ValueError) as e:
+        raise ConfigError(f"{path}: {e}") from None
+    return from_tree(tree)
+
+
+def loads(text: str) -> Config:
+    try:
+        tree = ConfigFactory.parse_string(text, resolve=True)
+    except (ConfigException, ValueError) as e:
+        raise ConfigError(str(e)) from None
+    return from_tree(tree)

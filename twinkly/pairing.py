@@ -1,0 +1,134 @@
+"""Pairing the two backends' results, statement by statement and sync point by sync point.
+
+Both backends receive the same messages in the same order, so until one of them fails,
+their results correspond one to one. After a failure, the failed backend skips to its
+next ReadyForQuery while the other goes on: the other's results up to that sync point
+have no partner and are reported as one-sided. Sync points always pair with sync points.
+No timer is involved anywhere.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+from zope.interface import Interface, implementer
+
+from twinkly.responses import Item, StatementResult, SyncPoint
+
+
+class IPairObserver(Interface):
+    """Receives what the pairer matched; the comparator implements this."""
+
+    def statements_paired(truth: StatementResult, target: StatementResult) -> None:
+        """Both backends answered the same request."""
+
+    def statement_unpaired(result: StatementResult, side: str) -> None:
+        """Only ``side`` ("truth" or "target") answered: the other skipped it after an error."""
+
+    def sync_paired(truth: SyncPoint, target: SyncPoint) -> None:
+        """Both backends reached the same ReadyForQuery."""
+
+    def pairing_abandoned(reason: str) -> None:
+        """The session stopped pairing (a cap was reached or a stream was lost)."""
+
+
+@implementer(IPairObserver)
+class PairCounter:
+    """The simplest observer: counts what was paired. Used when comparison is off."""
+
+    def __init__(self) -> None:
+        self.paired = 0
+        self.unpaired = {"truth": 0, "target": 0}
+        self.syncs = 0
+        self.abandoned: str | None = None
+
+    def statements_paired(self, truth: StatementResult, target: StatementResult) -> None:
+        self.paired += 1
+
+    def statement_unpaired(self, result: StatementResult, side: str) -> None:
+        self.unpaired[side] += 1
+
+    def sync_paired(self, truth: SyncPoint, target: SyncPoint) -> None:
+        self.syncs += 1
+
+    def pairing_abandoned(self, reason: str) -> None:
+        self.abandoned = reason
+
+
+class Pairer:
+    """Holds each side's finished items until the other side's counterpart arrives.
+
+    ``max_held`` bounds memory: when one side gets that far ahead, pairing for the
+    session is abandoned (reported once) and later items are dropped, while the
+    session itself goes on serving the client.
+    """
+
+    def __init__(self, observer: IPairObserver, max_held: int = 10000) -> None:
+        self._observer = observer
+        self._max_held = max_held
+        self._truth: deque[Item] = deque()
+        self._target: deque[Item] = deque()
+        self.abandoned: str | None = None
+        self.dropped = 0
+
+    @property
+    def truth_ahead(self) -> int:
+        """Truth items waiting for the target: how far the target lags."""
+        return len(self._truth)
+
+    @property
+    def target_ahead(self) -> int:
+        return len(self._target)
+
+    def truth_head(self) -> Item | None:
+        return self._truth[0] if self._truth else None
+
+    def add_truth(self, item: Item) -> None:
+        if self.abandoned is not None:
+            self.dropped += 1
+            return
+        self._truth.append(item)
+        if self._target:
+            self._drain()
+        elif len(self._truth) > self._max_held:
+            self.abandon(f"the target fell more than {self._max_held} results behind")
+
+    def add_target(self, item: Item) -> None:
+        if self.abandoned is not None:
+            self.dropped += 1
+            return
+        self._target.append(item)
+        if self._truth:
+            self._drain()
+        elif len(self._target) > self._max_held:
+            self.abandon(f"the target ran more than {self._max_held} results ahead")
+
+    def abandon(self, reason: str) -> None:
+        if self.abandoned is not None:
+            return
+        self.abandoned = reason
+        self.dropped += len(self._truth) + len(self._target)
+        self._truth.clear()
+        self._target.clear()
+        self._observer.pairing_abandoned(reason)
+
+    def _drain(self) -> None:
+        truth, target, observer = self._truth, self._target, self._observer
+        while truth and target:
+            a, b = truth[0], target[0]
+            a_sync = type(a) is SyncPoint
+            b_sync = type(b) is SyncPoint
+            if a_sync and b_sync:
+                truth.popleft()
+                target.popleft()
+                observer.sync_paired(a, b)  # type: ignore[arg-type]
+            elif a_sync:
+                target.popleft()
+                observer.statement_unpaired(b, "target")  # type: ignore[arg-type]
+            elif b_sync:
+                truth.popleft()
+                observer.statement_unpaired(a, "truth")  # type: ignore[arg-type]
+            else:
+                truth.popleft()
+                target.popleft()
+                observer.statements_paired(a, b)  # type: ignore[arg-type]

@@ -1,0 +1,291 @@
+"""The client-facing side: accepting connections, start-up, authentication, hand-over.
+
+``ClientProtocol`` runs the start-up phase itself (SSL and GSS negotiation, cancel
+requests, Twinkly's own authentication), connects both backends at once, then hands the
+connection to a ``Session``. ``ProxyFactory`` holds what sessions share: configuration,
+the registry of live sessions and their cancel keys.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Callable
+
+from twisted.internet import defer, ssl
+from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from twinkly.auth import AuthenticationFailed, ClientAuthenticator, authentication_ok
+from twinkly.backend import BackendProtocol, connect_backend, startup_parameters
+from twinkly.config import Config
+from twinkly.pairing import IPairObserver, PairCounter
+from twinkly.session import Session
+from twinkly.wire.backend import BackendKeyData, ErrorResponse, NegotiateProtocolVersion
+from twinkly.wire.framing import MessageFramer, ProtocolViolation, StartupFramer
+from twinkly.wire.frontend import (
+    CancelRequest,
+    GSSENCRequest,
+    PasswordMessage,
+    SSLRequest,
+    StartupMessage,
+    decode_startup,
+    encode,
+)
+
+log = Logger()
+
+
+def fatal(sqlstate: str, message: str, detail: str | None = None) -> bytes:
+    return encode(ErrorResponse.make("FATAL", sqlstate, message, detail))
+
+
+class ClientProtocol(Protocol):
+    """One client connection, from its first byte to its hand-over to a Session."""
+
+    def __init__(self, factory: ProxyFactory) -> None:
+        self.factory = factory
+        self.session: Session | None = None
+        self.startup: StartupMessage | None = None
+        self._startup_framer = StartupFramer()
+        self._framer = MessageFramer(factory.config.proxy.max_message_bytes)
+        self._state = "startup"
+        self._tls_started = False
+        self._authenticator: ClientAuthenticator | None = None
+        self._early: list[bytes] = []
+        self._backends: list[BackendProtocol] = []
+
+    def connectionMade(self) -> None:
+        self.transport.setTcpNoDelay(True)
+        self.factory.clients.add(self)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._state = "closed"
+        self.factory.clients.discard(self)
+        if self.session is not None:
+            self.session.close()
+        for backend in self._backends:
+            backend.terminate()
+
+    def dataReceived(self, data: bytes) -> None:
+        session = self.session
+        try:
+            if session is not None:
+                session.client_data(data)
+            elif self._state == "startup":
+                self._startup_data(data)
+            elif self._state == "auth":
+                self._auth_data(data)
+            elif self._state == "connecting":
+                self._early.append(data)
+        except ProtocolViolation as e:
+            self.fail("08P01", str(e))
+        except AuthenticationFailed as e:
+            self.fail(e.sqlstate, str(e))
+
+    def fail(self, sqlstate: str, message: str) -> None:
+        """Send a FATAL error and close, as PostgreSQL does."""
+        log.info(
+            "closing client connection: {sqlstate} {message}", sqlstate=sqlstate, message=message
+        )
+        if self._state != "closed":
+            self.transport.write(fatal(sqlstate, message))
+        self._state = "closed"
+        if self.session is not None:
+            self.session.close()
+        self.transport.loseConnection()
+
+    # --- start-up -------------------------------------------------------------------
+
+    def _startup_data(self, data: bytes) -> None:
+        body, rest = self._startup_framer.feed(data)
+        if body is None:
+            return
+        packet = decode_startup(body)
+        if isinstance(packet, SSLRequest):
+            if self._tls_started or rest:
+                raise ProtocolViolation("unexpected SSLRequest")
+            options = self.factory.tls_options
+            if options is None:
+                self.transport.write(b"N")
+            else:
+                self.transport.write(b"S")
+                self.transport.startTLS(options)
+                self._tls_started = True
+        elif isinstance(packet, GSSENCRequest):
+            self.transport.write(b"N")
+        elif isinstance(packet, CancelRequest):
+            self.factory.cancel(packet.process_id, packet.secret_key)
+            self._state = "closed"
+            self.transport.loseConnection()
+            return
+        else:
+            self._begin_auth(packet)
+        if rest:
+            self.dataReceived(rest)
+
+    def _begin_auth(self, startup: StartupMessage) -> None:
+        self.startup = startup
+        unsupported = tuple(k for k in startup.parameters if k.startswith("_pq_."))
+        if startup.minor > 0 or unsupported:
+            self.transport.write(encode(NegotiateProtocolVersion(0, unsupported)))
+        user = startup.parameters["user"]
+        self._authenticator = ClientAuthenticator(self.factory.config.proxy.auth, user)
+        self._state = "auth"
+        reply, done = self._authenticator.start()
+        if reply:
+            self.transport.write(reply)
+        if done:
+            self._authenticated()
+
+    def _auth_data(self, data: bytes) -> None:
+        assert self._authenticator is not None
+        for type_byte, payload in self._framer.feed(data):
+            if self._state != "auth":
+                raise ProtocolViolation("unexpected message during authentication")
+            if type_byte != ord("p"):
+                raise ProtocolViolation(
+                    f"expected password response, got message type {chr(type_byte)!r}"
+                )
+            reply, done = self._authenticator.receive(PasswordMessage(payload))
+            if reply:
+                self.transport.write(reply)
+            if done:
+                self._authenticated()
+
+    def _authenticated(self) -> None:
+        assert self.startup is not None
+        self._state = "connecting"
+        self.transport.write(authentication_ok())
+        self.transport.pauseProducing()
+        opening = self.factory.open_backends(self.startup.parameters, self._backends)
+        opening.addCallbacks(self._backends_ready, self._backends_failed)
+        opening.addErrback(self._unexpected)
+
+    def _backends_ready(self, pair: tuple[BackendProtocol, BackendProtocol]) -> None:
+        truth, target = pair
+        if self._state != "connecting":
+            truth.terminate()
+            target.terminate()
+            return
+        self._backends = []
+        session = self.factory.new_session(self.transport, truth, target)
+        self.session = session
+        key = self.factory.register(session)
+        self.transport.write(
+            b"".join(truth.startup_bytes)
+            + encode(key)
+            + b"Z\x00\x00\x00\x05"
+            + truth.status.encode()
+        )
+        session.start()
+        self._state = "session"
+        self.transport.resumeProducing()
+        early, self._early = b"".join(self._early), []
+        if early:
+            self.dataReceived(early)
+
+    def _backends_failed(self, failure: Failure) -> None:
+        error = failure.value
+        if isinstance(error, defer.FirstError):
+            error = error.subFailure.value
+        if self._state != "connecting":
+            return
+        sqlstate = getattr(error, "sqlstate", "08006")
+        self.fail(sqlstate, f"Twinkly: {error}")
+
+    def _unexpected(self, failure: Failure) -> None:
+        log.failure("session start-up failed", failure)
+        self.fail("XX000", "Twinkly: internal error while starting the session")
+
+
+class ProxyFactory(Factory):
+    """Shared state of all client connections."""
+
+    protocol = ClientProtocol
+
+    def __init__(
+        self,
+        config: Config,
+        reactor: object,
+        observer_factory: Callable[[], IPairObserver] = PairCounter,
+    ) -> None:
+        self.config = config
+        self.reactor = reactor
+        self.observer_factory = observer_factory
+        self.clients: set[ClientProtocol] = set()
+        self.sessions: dict[int, tuple[bytes, Session]] = {}
+        self.tls_options = _server_tls_options(config)
+
+    def buildProtocol(self, addr: object) -> ClientProtocol:
+        return ClientProtocol(self)
+
+    def open_backends(
+        self, client_parameters: dict[str, str], opened: list[BackendProtocol]
+    ) -> defer.Deferred:
+        """Connect both backends at once; fires with (truth, target) or fails naming
+        the backend that could not be reached. A backend that connected while the
+        other failed is closed."""
+        proxy = self.config.proxy
+        attempts = []
+        for backend in (self.config.truth, self.config.target):
+            parameters = startup_parameters(backend, client_parameters)
+            d = connect_backend(self.reactor, backend, parameters, proxy.max_message_bytes)
+            d.addCallback(lambda protocol: opened.append(protocol) or protocol)
+            attempts.append(d)
+
+        def failed(failure: Failure) -> Failure:
+            for protocol in opened:
+                protocol.terminate()
+            opened.clear()
+            return failure
+
+        return defer.gatherResults(attempts, consumeErrors=True).addCallbacks(tuple, failed)
+
+    def new_session(
+        self, transport: object, truth: BackendProtocol, target: BackendProtocol
+    ) -> Session:
+        return Session(
+            transport,
+            truth,
+            target,
+            self.config,
+            self.observer_factory(),
+            self.reactor,  # type: ignore[arg-type]
+            on_close=self.unregister,
+        )
+
+    def register(self, session: Session) -> BackendKeyData:
+        """Give the session Twinkly's own cancel key."""
+        while True:
+            process_id = secrets.randbelow(2**31 - 1) + 1
+            if process_id not in self.sessions:
+                break
+        secret = os.urandom(4)
+        self.sessions[process_id] = (secret, session)
+        session.process_id = process_id
+        return BackendKeyData(process_id, secret)
+
+    def unregister(self, session: Session) -> None:
+        process_id = getattr(session, "process_id", None)
+        if process_id is not None:
+            self.sessions.pop(process_id, None)
+
+    def cancel(self, process_id: int, secret: bytes) -> None:
+        entry = self.sessions.get(process_id)
+        if entry is None or not secrets.compare_digest(entry[0], secret):
+            log.info("ignoring cancel request with an unknown key")
+            return
+        entry[1].cancel(self.reactor)
+
+
+def _server_tls_options(config: Config) -> ssl.CertificateOptions | None:
+    cert_file, key_file = config.proxy.tls_cert_file, config.proxy.tls_key_file
+    if not cert_file or not key_file:
+        return None
+    with open(cert_file, "rb") as f:
+        cert = f.read()
+    with open(key_file, "rb") as f:
+        key = f.read()
+    return ssl.PrivateCertificate.loadPEM(cert + b"\n" + key).options()

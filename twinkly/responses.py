@@ -1,0 +1,302 @@
+"""Turning one backend's response stream into statement results and sync points.
+
+Each backend gets a ``ResponseTracker``: a FIFO of the responses it owes, pushed as the
+client's messages are forwarded, and consumed as the backend's messages arrive. It never
+waits on a timer: the protocol itself says where each response ends. After an error in
+the extended protocol the backend skips to the next Sync, and so does the FIFO.
+
+Rows are not decoded: each DataRow adds its raw bytes' hash to an order-independent
+digest and bumps a count, so a result of any size costs constant memory.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+
+from twinkly.wire.backend import error_fields
+
+# What a client message makes the backend owe.
+QUERY = "Q"  # any number of statement results, then ReadyForQuery
+PARSE = "P"
+BIND = "B"
+DESCRIBE_STATEMENT = "DS"  # ParameterDescription, then RowDescription or NoData
+DESCRIBE_PORTAL = "DP"  # RowDescription or NoData
+EXECUTE = "E"
+CLOSE = "C"
+SYNC = "S"  # ReadyForQuery
+FUNCTION_CALL = "F"  # FunctionCallResponse, then ReadyForQuery
+
+_ENDS_WITH_READY = frozenset((QUERY, SYNC, FUNCTION_CALL))
+_DIGEST_MASK = (1 << 64) - 1
+
+# Backend message type bytes.
+_ROW = ord("D")
+_ROW_DESCRIPTION = ord("T")
+_COMMAND_COMPLETE = ord("C")
+_READY = ord("Z")
+_ERROR = ord("E")
+_NOTICE = ord("N")
+_NOTIFICATION = ord("A")
+_PARAMETER_STATUS = ord("S")
+_EMPTY_QUERY = ord("I")
+_SUSPENDED = ord("s")
+_PARSE_COMPLETE = ord("1")
+_BIND_COMPLETE = ord("2")
+_CLOSE_COMPLETE = ord("3")
+_NO_DATA = ord("n")
+_PARAMETER_DESCRIPTION = ord("t")
+_COPY_IN = ord("G")
+_COPY_OUT = ord("H")
+_COPY_BOTH = ord("W")
+_COPY_DATA = ord("d")
+_COPY_DONE = ord("c")
+_FUNCTION_RESULT = ord("V")
+
+
+def expectation_for(type_byte: int, payload: bytes) -> str | None:
+    """What the backend will owe for one client message; None if nothing."""
+    kind = CLIENT_EXPECTATIONS.get(type_byte)
+    if kind == DESCRIBE_STATEMENT and payload[:1] == b"P":
+        return DESCRIBE_PORTAL
+    return kind
+
+
+# Client message type -> what it makes the backend owe (Describe: see expectation_for).
+CLIENT_EXPECTATIONS = {
+    ord("Q"): QUERY,
+    ord("P"): PARSE,
+    ord("B"): BIND,
+    ord("D"): DESCRIBE_STATEMENT,
+    ord("E"): EXECUTE,
+    ord("C"): CLOSE,
+    ord("S"): SYNC,
+    ord("F"): FUNCTION_CALL,
+}
+
+
+class StatementResult:
+    """Everything one backend answered to one request: the unit that gets compared.
+
+    Kept small on purpose: raw RowDescription and CommandComplete payloads, a row count
+    and digest, the error's payload. Decoding happens only when a comparison asks.
+    """
+
+    __slots__ = (
+        "columns",
+        "copy",
+        "digest",
+        "empty",
+        "error",
+        "finished",
+        "parameter_types",
+        "request",
+        "rows",
+        "started",
+        "suspended",
+        "tag",
+    )
+
+    def __init__(self, request: str, started: float) -> None:
+        self.request = request
+        self.started = started
+        self.finished = started
+        self.columns: bytes | None = None
+        self.parameter_types: bytes | None = None
+        self.rows = 0
+        self.digest = 0
+        self.tag: bytes | None = None
+        self.error: bytes | None = None
+        self.copy: str | None = None
+        self.empty = False
+        self.suspended = False
+
+    @property
+    def elapsed(self) -> float:
+        return self.finished - self.started
+
+    @property
+    def sqlstate(self) -> str | None:
+        return None if self.error is None else error_fields(self.error).get("C", "")
+
+    @property
+    def error_message(self) -> str | None:
+        return None if self.error is None else error_fields(self.error).get("M", "")
+
+    @property
+    def command_tag(self) -> str | None:
+        return None if self.tag is None else self.tag.decode("utf-8", "replace")
+
+    def __repr__(self) -> str:
+        what = self.command_tag or (f"ERROR {self.sqlstate}" if self.error else "")
+        return f"<StatementResult {self.request} rows={self.rows} {what}>"
+
+
+class SyncPoint:
+    """A ReadyForQuery: the end of a simple query, a Sync, or a function call."""
+
+    __slots__ = ("status", "time")
+
+    def __init__(self, status: str, time: float) -> None:
+        self.status = status
+        self.time = time
+
+    def __repr__(self) -> str:
+        return f"<SyncPoint {self.status}>"
+
+
+Item = StatementResult | SyncPoint
+
+
+class ResponseTracker:
+    """One backend's protocol state: what it owes, what it is in the middle of.
+
+    ``emit`` receives each finished StatementResult and each SyncPoint in order.
+    ``feed`` takes framed ``(type, payload)`` messages.
+    """
+
+    def __init__(self, emit: Callable[[Item], None], clock: Callable[[], float]) -> None:
+        self._emit = emit
+        self._clock = clock
+        self._owed: deque[list] = deque()  # [kind, time sent]
+        self._current: StatementResult | None = None
+        self._skipping = False  # after an extended-protocol error, until Sync
+        self.status = "I"
+        self.copy_in = False
+        self.lost_track: str | None = None  # why results can no longer be trusted
+        self.parameters: dict[bytes, bytes] = {}
+        self.on_copy_in: Callable[[], None] | None = None
+
+    @property
+    def owed(self) -> int:
+        return len(self._owed)
+
+    def expect(self, kind: str, now: float) -> None:
+        """The client sent a message for which this backend now owes ``kind``."""
+        if self._skipping:
+            if kind != SYNC:
+                return
+            self._skipping = False
+        self._owed.append([kind, now])
+
+    def feed(self, messages: list[tuple[int, bytes]]) -> None:
+        for type_byte, payload in messages:
+            if type_byte == _ROW or type_byte == _COPY_DATA:
+                current = self._current
+                if current is not None:
+                    current.rows += 1
+                    current.digest += hash(payload)
+                    continue
+            self._handle(type_byte, payload)
+
+    # --- the state machine -------------------------------------------------------
+
+    def _start(self) -> StatementResult | None:
+        if self._current is None:
+            if not self._owed:
+                return None
+            head = self._owed[0]
+            self._current = StatementResult(head[0], head[1])
+        return self._current
+
+    def _finish(self, pop: bool) -> None:
+        result = self._current
+        now = self._clock()
+        if result is not None:
+            self._current = None
+            result.finished = now
+            result.digest &= _DIGEST_MASK
+            self.copy_in = False
+            if self._owed and result.request in _ENDS_WITH_READY and not pop:
+                self._owed[0][1] = now  # the next statement of a simple query starts now
+            self._emit(result)
+        if pop and self._owed:
+            self._owed.popleft()
+
+    def _handle(self, type_byte: int, payload: bytes) -> None:
+        if type_byte == _NOTICE or type_byte == _NOTIFICATION:
+            return
+        if type_byte == _PARAMETER_STATUS:
+            name, _, rest = payload.partition(b"\0")
+            self.parameters[name] = rest.rstrip(b"\0")
+            return
+        if type_byte == _READY:
+            self._ready(payload)
+            return
+        result = self._start()
+        if result is None:
+            if type_byte == _ERROR:
+                return  # e.g. FATAL at shutdown: nothing was owed; the connection ends
+            self._lose_track(f"unexpected message {chr(type_byte)!r} with nothing owed")
+            return
+        kind = result.request
+        if type_byte == _COMMAND_COMPLETE:
+            result.tag = payload[:-1]
+            self._finish(pop=kind not in _ENDS_WITH_READY)
+        elif type_byte == _ROW_DESCRIPTION:
+            result.columns = payload
+            if kind == DESCRIBE_STATEMENT or kind == DESCRIBE_PORTAL:
+                self._finish(pop=True)
+        elif type_byte == _ERROR:
+            self._error(result, payload)
+        elif type_byte == _EMPTY_QUERY:
+            result.empty = True
+            self._finish(pop=kind not in _ENDS_WITH_READY)
+        elif type_byte == _SUSPENDED:
+            result.suspended = True
+            self._finish(pop=True)
+        elif type_byte in (_PARSE_COMPLETE, _BIND_COMPLETE, _CLOSE_COMPLETE, _NO_DATA):
+            self._finish(pop=True)
+        elif type_byte == _PARAMETER_DESCRIPTION:
+            result.parameter_types = payload
+        elif type_byte == _COPY_IN:
+            result.copy = "in"
+            self.copy_in = True
+            if self.on_copy_in is not None:
+                self.on_copy_in()
+        elif type_byte == _COPY_OUT or type_byte == _COPY_BOTH:
+            result.copy = "out" if type_byte == _COPY_OUT else "both"
+        elif type_byte == _COPY_DONE:
+            pass
+        elif type_byte == _FUNCTION_RESULT:
+            result.rows = 1
+            result.digest = hash(payload)
+            self._finish(pop=False)
+        elif type_byte == _ROW or type_byte == _COPY_DATA:
+            result.rows += 1  # first row of a result that had no header (e.g. Execute)
+            result.digest += hash(payload)
+        else:
+            self._lose_track(f"unexpected message {chr(type_byte)!r} for request {kind}")
+
+    def _error(self, result: StatementResult, payload: bytes) -> None:
+        result.error = payload
+        kind = result.request
+        if kind in _ENDS_WITH_READY:
+            self._finish(pop=False)
+            return
+        # Extended protocol: the backend now ignores everything until Sync.
+        self._finish(pop=True)
+        while self._owed and self._owed[0][0] != SYNC:
+            self._owed.popleft()
+        if not self._owed:
+            self._skipping = True
+
+    def _ready(self, payload: bytes) -> None:
+        self.status = chr(payload[0]) if payload else "?"
+        if self._current is not None:
+            self._finish(pop=False)
+        if not self._owed:
+            self._lose_track("ReadyForQuery with nothing owed")
+            return
+        head = self._owed.popleft()
+        if head[0] not in _ENDS_WITH_READY:
+            self._lose_track(f"ReadyForQuery while owing {head[0]}")
+            return
+        self._skipping = False
+        self._emit(SyncPoint(self.status, self._clock()))
+
+    def _lose_track(self, why: str) -> None:
+        if self.lost_track is None:
+            self.lost_track = why
+        self._owed.clear()
+        self._current = None

@@ -1,0 +1,85 @@
+"""The proxy's lifecycle: listen, and on shutdown let sessions finish, then close them."""
+
+from __future__ import annotations
+
+from twisted.application.service import Service
+from twisted.internet import defer
+from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
+from twisted.logger import Logger
+
+from twinkly.proxy import ProxyFactory, fatal
+
+log = Logger()
+
+
+class ProxyService(Service):
+    """Listens for clients. ``stopService`` stops accepting at once, waits up to
+    ``proxy.shutdown-timeout`` for sessions to end, then closes the rest."""
+
+    name = "twinkly-proxy"
+
+    def __init__(self, factory: ProxyFactory, reactor: object) -> None:
+        self.factory = factory
+        self.reactor = reactor
+        self.port = None
+
+    def startService(self) -> None:
+        super().startService()
+        proxy = self.factory.config.proxy
+        endpoint_type = TCP6ServerEndpoint if ":" in proxy.listen_address else TCP4ServerEndpoint
+        endpoint = endpoint_type(self.reactor, proxy.listen_port, interface=proxy.listen_address)
+        # Listening happens before the reactor runs, so a taken port stops start-up.
+        d = endpoint.listen(self.factory)
+        d.addCallback(self._listening)
+        d.addErrback(self._cannot_listen)
+
+    def _listening(self, port: object) -> None:
+        self.port = port
+        address = port.getHost()  # type: ignore[attr-defined]
+        config = self.factory.config
+        log.info(
+            "Twinkly listening on {host}:{port}; source of truth {truth}, target {target}",
+            host=address.host,
+            port=address.port,
+            truth=config.truth.describe(),
+            target=config.target.describe(),
+        )
+
+    def _cannot_listen(self, failure: object) -> None:
+        log.failure("cannot listen", failure)  # type: ignore[arg-type]
+        self.reactor.stop()  # type: ignore[attr-defined]
+
+    @defer.inlineCallbacks
+    def stopService(self):  # type: ignore[no-untyped-def]
+        super().stopService()
+        if self.port is not None:
+            yield self.port.stopListening()
+            self.port = None
+        clients = self.factory.clients
+        if clients:
+            timeout = self.factory.config.proxy.shutdown_timeout
+            log.info(
+                "waiting up to {timeout}s for {count} sessions to end",
+                timeout=timeout,
+                count=len(clients),
+            )
+            deadline = self.reactor.seconds() + timeout  # type: ignore[attr-defined]
+            while clients and self.reactor.seconds() < deadline:  # type: ignore[attr-defined]
+                yield _sleep(self.reactor, 0.1)
+        for client in list(clients):
+            client.transport.write(
+                fatal("57P01", "terminating connection due to administrator command")
+            )
+            if client.session is not None:
+                client.session.close()
+            client.transport.loseConnection()
+        if clients:
+            yield _sleep(self.reactor, 1.0)
+            for client in list(clients):
+                client.transport.abortConnection()
+
+
+def _sleep(reactor: object, seconds: float) -> defer.Deferred:
+    d: defer.Deferred = defer.Deferred()
+    reactor.callLater(seconds, d.callback, None)  # type: ignore[attr-defined]
+    return d

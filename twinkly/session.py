@@ -1,0 +1,262 @@
+"""One client and its two backends, from the moment all three are ready.
+
+The hot path lives here and is kept short: client bytes are framed (to learn what each
+backend now owes) and written unchanged to both backends; the truth's bytes are written
+unchanged to the client, chunk by chunk, then framed for its tracker; the target's bytes
+are only framed and tracked. Flow control is Twisted's producer/consumer:
+
+- a slow client pauses the truth backend (the client transport consumes the truth's);
+- a full write buffer towards either backend pauses the client;
+- a target that lags too far behind the truth pauses the client, and one that runs too
+  far ahead is paused itself; a session that still overflows stops pairing, never
+  buffering more.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.interfaces import IPushProducer, IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from twinkly.backend import BackendProtocol, send_cancel
+from twinkly.config import Config
+from twinkly.pairing import IPairObserver, Pairer
+from twinkly.responses import (
+    CLIENT_EXPECTATIONS,
+    DESCRIBE_PORTAL,
+    ResponseTracker,
+    SyncPoint,
+)
+from twinkly.wire.backend import ErrorResponse
+from twinkly.wire.framing import MessageFramer
+from twinkly.wire.frontend import CopyFail, encode
+
+log = Logger()
+
+_TERMINATE = ord("X")
+_DESCRIBE = ord("D")
+
+
+class PauseGate:
+    """Pauses a producer while any named reason holds, resumes when none does."""
+
+    def __init__(self, producer: IPushProducer) -> None:
+        self._producer = producer
+        self._reasons: set[str] = set()
+        self.pauses = 0
+
+    def pause(self, reason: str) -> None:
+        if reason in self._reasons:
+            return
+        if not self._reasons:
+            self.pauses += 1
+            self._producer.pauseProducing()
+        self._reasons.add(reason)
+
+    def resume(self, reason: str) -> None:
+        if reason not in self._reasons:
+            return
+        self._reasons.discard(reason)
+        if not self._reasons:
+            self._producer.resumeProducing()
+
+    @property
+    def reasons(self) -> frozenset[str]:
+        return frozenset(self._reasons)
+
+
+@implementer(IPushProducer)
+class _GateReason:
+    """Makes one reason of a PauseGate look like a producer to a consumer transport."""
+
+    def __init__(self, gate: PauseGate, reason: str) -> None:
+        self._gate = gate
+        self._reason = reason
+
+    def pauseProducing(self) -> None:
+        self._gate.pause(self._reason)
+
+    def resumeProducing(self) -> None:
+        self._gate.resume(self._reason)
+
+    def stopProducing(self) -> None:
+        self._gate.resume(self._reason)
+
+
+class Session:
+    """Fan-out, streaming and pairing for one client connection."""
+
+    def __init__(
+        self,
+        client_transport: object,
+        truth: BackendProtocol,
+        target: BackendProtocol,
+        config: Config,
+        observer: IPairObserver,
+        clock: IReactorTime,
+        on_close: object = None,
+    ) -> None:
+        self.client = client_transport
+        self.truth = truth
+        self.target: BackendProtocol | None = target
+        self.config = config
+        self.clock = clock
+        self._on_close = on_close
+        self._now = clock.seconds
+        flow = config.proxy.flow
+        self._max_lag = flow.max_target_lag
+        self._max_ahead = flow.max_target_ahead
+        self.pairer = Pairer(observer, flow.max_held_results)
+        self.truth_tracker = ResponseTracker(self.pairer.add_truth, self._now)
+        self.target_tracker = ResponseTracker(self.pairer.add_target, self._now)
+        self.target_tracker.on_copy_in = self._check_target_copy
+        self._client_framer = MessageFramer(config.proxy.max_message_bytes)
+        self._truth_framer = truth.framer
+        self._target_framer = target.framer
+        self.gate = PauseGate(client_transport)  # type: ignore[arg-type]
+        self._target_paused = False
+        self.closed = False
+        self.process_id: int | None = None  # Twinkly's own, given by the factory
+        self.bytes_from_client = 0
+        self.bytes_to_client = 0
+
+    # --- wiring --------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Take over the three connections (all ready)."""
+        truth, target = self.truth, self.target
+        assert target is not None
+        truth.on_data = self.truth_data
+        target.on_data = self.target_data
+        truth.on_lost = self._backend_lost
+        target.on_lost = self._backend_lost
+        self.client.registerProducer(truth.transport, True)  # type: ignore[attr-defined]
+        truth.transport.registerProducer(_GateReason(self.gate, "truth-buffer"), True)
+        target.transport.registerProducer(_GateReason(self.gate, "target-buffer"), True)
+        # Messages that arrived right after ReadyForQuery (a notice, say).
+        if truth.leftover:
+            self.truth_tracker.feed(truth.leftover)
+        if target.leftover:
+            self.target_tracker.feed(target.leftover)
+
+    # --- the hot path --------------------------------------------------------------
+
+    def client_data(self, data: bytes) -> None:
+        """Bytes from the client; raises ProtocolViolation on malformed framing."""
+        messages = self._client_framer.feed(data)
+        self.bytes_from_client += len(data)
+        terminate = False
+        if messages:
+            now = self._now()
+            truth_expect = self.truth_tracker.expect
+            target_expect = self.target_tracker.expect
+            for type_byte, payload in messages:
+                kind = CLIENT_EXPECTATIONS.get(type_byte)
+                if kind is not None:
+                    if type_byte == _DESCRIBE and payload[:1] == b"P":
+                        kind = DESCRIBE_PORTAL
+                    truth_expect(kind, now)
+                    target_expect(kind, now)
+                elif type_byte == _TERMINATE:
+                    terminate = True
+        self.truth.transport.write(data)
+        target = self.target
+        if target is not None:
+            target.transport.write(data)
+        if terminate:
+            self.close()
+
+    def truth_data(self, data: bytes) -> None:
+        self.client.write(data)  # type: ignore[attr-defined]
+        self.bytes_to_client += len(data)
+        self.truth_tracker.feed(self._truth_framer.feed(data))
+        if self.pairer.truth_ahead > self._max_lag:
+            self.gate.pause("target-lag")
+        elif self.target_tracker.copy_in:
+            self._check_target_copy()
+        self._check_flow()
+
+    def target_data(self, data: bytes) -> None:
+        self.target_tracker.feed(self._target_framer.feed(data))
+        self._check_flow()
+
+    def _check_flow(self) -> None:
+        pairer = self.pairer
+        if pairer.truth_ahead <= self._max_lag // 2:
+            self.gate.resume("target-lag")
+        ahead = pairer.target_ahead
+        if ahead > self._max_ahead and not self._target_paused and self.target is not None:
+            self._target_paused = True
+            self.target.transport.pauseProducing()
+        elif self._target_paused and ahead <= self._max_ahead // 2:
+            self._target_paused = False
+            if self.target is not None:
+                self.target.transport.resumeProducing()
+
+    def _check_target_copy(self) -> None:
+        """End a COPY FROM STDIN the target started but the truth did not.
+
+        The client only sends COPY data for the truth's COPY; a target waiting for data
+        that will never come would stall its whole pipeline. Its counterpart is the
+        truth's next unpaired item: if that is not a COPY FROM STDIN, fail the target's.
+        """
+        if not self.target_tracker.copy_in or self.target is None:
+            return
+        if self.pairer.target_ahead:
+            return
+        head = self.pairer.truth_head()
+        if head is None:
+            return
+        if isinstance(head, SyncPoint) or head.copy != "in":
+            message = "COPY ended by Twinkly: the source of truth did not run this COPY"
+            self.target.transport.write(encode(CopyFail(message)))
+            self.target_tracker.copy_in = False
+
+    # --- ending --------------------------------------------------------------------
+
+    def _backend_lost(self, backend: BackendProtocol, reason: Failure) -> None:
+        if self.closed:
+            return
+        if backend is self.truth:
+            log.warn(
+                "source of truth {backend} closed the connection: {reason}",
+                backend=backend.config.describe(),
+                reason=reason.getErrorMessage(),
+            )
+            error = ErrorResponse.make(
+                "FATAL",
+                "08006",
+                f"Twinkly lost the connection to the source of truth {backend.config.describe()}",
+            )
+            self.client.write(encode(error))  # type: ignore[attr-defined]
+            self.close()
+        else:
+            log.warn(
+                "target {backend} closed the connection; the session goes on with the"
+                " source of truth alone: {reason}",
+                backend=backend.config.describe(),
+                reason=reason.getErrorMessage(),
+            )
+            self.target = None
+            self.pairer.abandon(f"the target {backend.config.describe()} closed the connection")
+            self.gate.resume("target-buffer")
+            self.gate.resume("target-lag")
+
+    def close(self) -> None:
+        """Close the client and both backends (idempotent)."""
+        if self.closed:
+            return
+        self.closed = True
+        self.truth.terminate()
+        if self.target is not None:
+            self.target.terminate()
+        self.client.loseConnection()  # type: ignore[attr-defined]
+        if self._on_close is not None:
+            self._on_close(self)  # type: ignore[operator]
+
+    def cancel(self, reactor: object) -> None:
+        """A client's CancelRequest: deliver it to both backends."""
+        for backend in (self.truth, self.target):
+            if backend is not None and backend.key is not None:
+                send_cancel(reactor, backend.config, backend.key)

@@ -1,0 +1,117 @@
+"""Finding message boundaries in a byte stream, without decoding the messages.
+
+Most bytes that cross Twinkly are forwarded untouched; the framers only find where each
+message starts and ends so that the state machines can look at the few that matter.
+Both framers enforce a maximum message length, so a hostile or broken peer cannot make
+Twinkly buffer without bound.
+"""
+
+from __future__ import annotations
+
+from struct import Struct
+
+__all__ = [
+    "DEFAULT_MAX_MESSAGE_BYTES",
+    "MessageFramer",
+    "ProtocolViolation",
+    "StartupFramer",
+]
+
+DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+_UINT32 = Struct("!I")
+_unpack_len = _UINT32.unpack_from
+
+
+class ProtocolViolation(Exception):
+    """The peer sent bytes that are not the PostgreSQL protocol; SQLSTATE 08P01."""
+
+    sqlstate = "08P01"
+
+
+class MessageFramer:
+    """Splits a stream of tagged messages (type byte + int32 length + payload).
+
+    ``feed`` returns ``(type, payload)`` pairs for every complete message. A message
+    split across reads is kept as a list of chunks until it is complete, so one large
+    message costs one join, not one copy per read.
+    """
+
+    __slots__ = ("_chunks", "_held", "_max", "_need")
+
+    def __init__(self, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
+        self._max = max_message_bytes
+        self._chunks: list[bytes] = []
+        self._held = 0
+        self._need = 0  # bytes needed to complete the pending message, 0 = unknown
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held for an incomplete message."""
+        return self._held
+
+    def feed(self, data: bytes) -> list[tuple[int, bytes]]:
+        if self._chunks:
+            self._chunks.append(data)
+            self._held += len(data)
+            if self._held < self._need:
+                return []
+            data = b"".join(self._chunks)
+            self._chunks = []
+            self._held = 0
+            self._need = 0
+        out: list[tuple[int, bytes]] = []
+        pos = 0
+        size = len(data)
+        limit = self._max
+        while size - pos >= 5:
+            length = _unpack_len(data, pos + 1)[0]
+            if length < 4 or length > limit:
+                raise ProtocolViolation(
+                    f"invalid message length {length} for message type {chr(data[pos])!r}"
+                    f" (limit {limit})"
+                )
+            end = pos + 1 + length
+            if end > size:
+                self._need = end - pos
+                break
+            out.append((data[pos], data[pos + 5 : end]))
+            pos = end
+        if pos < size:
+            rest = data[pos:] if pos else data
+            self._chunks = [rest]
+            self._held = len(rest)
+            if self._need == 0:
+                self._need = 5
+        return out
+
+
+class StartupFramer:
+    """Frames the untagged start-up phase: int32 length + body, no type byte.
+
+    The first messages of a connection (SSLRequest, GSSENCRequest, StartupMessage,
+    CancelRequest) carry no type byte; the PostgreSQL server caps them at 10000 bytes.
+    """
+
+    __slots__ = ("_buffer", "_max")
+
+    MAX_STARTUP_BYTES = 10000
+
+    def __init__(self, max_message_bytes: int = MAX_STARTUP_BYTES) -> None:
+        self._max = max_message_bytes
+        self._buffer = b""
+
+    def feed(self, data: bytes) -> tuple[bytes | None, bytes]:
+        """Return ``(body, remainder)``: one complete start-up body, or None, and
+        the bytes after it (which belong to whatever phase comes next)."""
+        self._buffer += data
+        if len(self._buffer) < 4:
+            return None, b""
+        length = _unpack_len(self._buffer, 0)[0]
+        if length < 8 or length > self._max:
+            raise ProtocolViolation(f"invalid length of startup packet: {length}")
+        if len(self._buffer) < length:
+            return None, b""
+        body = self._buffer[4:length]
+        rest = self._buffer[length:]
+        self._buffer = b""
+        return body, rest

@@ -1,0 +1,8 @@
+from twisted.application.service import ServiceMaker
+
+twinkly = ServiceMaker(
+    "Twinkly",
+    "twinkly.tap",
+    "PostgreSQL proxy that runs every statement on two databases",
+    "twinkly",
+)
