@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from twisted.internet import defer
 from twisted.internet.error import ConnectionDone
-from twisted.python.failure import Failure
 from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from twinkly.backend import BackendError, BackendProtocol, startup_parameters

@@ -1,0 +1,441 @@
+"""Twinkly benchmark: what does running every statement twice cost a client?
+
+Compares, in one run, PostgreSQL 15 (the source of truth) reached directly, through pgbouncer
+(the proxy a user would otherwise pick) and through Twinkly (which also runs every statement on
+PostgreSQL 18). Measurements are interleaved round by round so that the machine's noise (other
+jobs, CPU frequency, caches) is shared fairly instead of landing on whichever target ran last.
+
+Usage, from the repository root: ``.venv/bin/python bench/run.py [--rounds 3] [--duration 10]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, NoReturn
+
+import psutil
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # `python bench/run.py` puts bench/, not the repo, on sys.path
+
+from twinkly.pgbouncer import run_pgbouncer, stop_pgbouncer  # noqa: E402
+from twinkly.sandbox import HOST, PG15_BINDIR, USERS, Sandbox, Server  # noqa: E402
+
+USER, PASSWORD, DBNAME = "twinkly", USERS["twinkly"], "twinkly"
+# One client build for every target, so client-side cost is identical everywhere.
+PGBENCH, PSQL = PG15_BINDIR / "pgbench", PG15_BINDIR / "psql"
+BIG_SELECT = "select g, repeat('x', 50) from generate_series(1, 1000000) g"
+TARGETS = ("direct", "pgbouncer", "twinkly")
+MODES = {"simple": TARGETS, "prepared": TARGETS, "extended": ("direct", "twinkly")}
+GOAL_TPS_RATIO, GOAL_SELECT_RATIO, GOAL_RSS_MB = 0.20, 3.0, 80.0
+MB = 1024 * 1024
+
+
+def log(msg: str) -> None:
+    print(f"[bench] {msg}", file=sys.stderr, flush=True)
+
+
+def client_env() -> dict[str, str]:
+    """Environment for pgbench/psql: no inherited PG* variable, and no TLS anywhere.
+
+    The servers offer TLS and libpq prefers it, which would slow the direct connections only
+    (Twinkly and pgbouncer talk plain TCP to the backends) and skew the ratios.
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    env.update(PGSSLMODE="disable", PGPASSWORD=PASSWORD, PGCONNECT_TIMEOUT="10", LC_ALL="C")
+    return env
+
+
+def free_port() -> int:
+    """A port the kernel just handed out; the tiny race is acceptable for a benchmark."""
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        with contextlib.suppress(OSError), socket.create_connection((HOST, port), timeout=0.5):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listening on {HOST}:{port} (exit code {proc.poll()})")
+
+
+class Twinkly:
+    """Twinkly as a real ``twistd`` subprocess, configured exactly as a user would."""
+
+    def __init__(self, workdir: Path, pg15: Server, pg18: Server) -> None:
+        self.workdir = workdir
+        self.port = free_port()
+        self.log_path = workdir / "twistd.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        backends = {"postgresql": pg15, "yugabytedb": pg18}
+        sections = "\n".join(
+            f"  {key} {{ label = {json.dumps(s.label)}, host = {json.dumps(s.host)},"
+            f" port = {s.port}, user = {json.dumps(USER)}, password = {json.dumps(PASSWORD)},"
+            f" database = {json.dumps(DBNAME)}, tls = disable }}"
+            for key, s in backends.items()
+        )
+        self.config = workdir / "twinkly.conf"
+        self.config.write_text(
+            f'proxy {{\n  listen-address = "{HOST}"\n  listen-port = {self.port}\n'
+            f"  shutdown-timeout = 2s\n  auth {{ method = trust }}\n{sections}\n}}\n"
+            'comparison { enabled = true, source-of-truth = "postgresql" }\n'
+        )
+
+    def start(self, timeout: float = 30.0) -> None:
+        twistd = Path(sys.executable).parent / "twistd"
+        cmd = [str(twistd), "-n", "--pidfile=", "twinkly", "--config", str(self.config)]
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        with open(self.log_path, "wb") as out:
+            # Own session: a Ctrl-C reaches only us, so we stop Twinkly in order, by PID.
+            self.proc = subprocess.Popen(
+                cmd, cwd=self.workdir, env=env, stdin=subprocess.DEVNULL,
+                stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            )  # fmt: skip
+        try:
+            wait_for_port(self.port, self.proc, timeout)
+        except RuntimeError as exc:
+            raise RuntimeError(f"Twinkly did not start: {exc}\n{self.log_tail()}") from None
+
+    def log_tail(self, chars: int = 3000) -> str:
+        return self.log_path.read_text(errors="replace")[-chars:] if self.log_path.exists() else ""
+
+    def rss(self) -> float:
+        assert self.proc is not None
+        return psutil.Process(self.proc.pid).memory_info().rss / MB
+
+    def stop(self) -> None:
+        """SIGTERM (graceful, bounded by shutdown-timeout), then SIGKILL if it lingers."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+class RssSampler:
+    """Samples a process's RSS every ``interval`` s in a thread: a peak needs frequent looks."""
+
+    def __init__(self, pid: int, interval: float = 0.05) -> None:
+        self.process = psutil.Process(pid)
+        self.interval = interval
+        self.peak_mb = 0.0
+        self.samples = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _sample(self) -> None:
+        with contextlib.suppress(psutil.Error):
+            self.peak_mb = max(self.peak_mb, self.process.memory_info().rss / MB)
+            self.samples += 1
+
+    def _run(self) -> None:
+        self._sample()
+        while not self._stop.wait(self.interval):
+            self._sample()
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+
+
+def pgbench_init(port: int, scale: int) -> None:
+    cmd = [PGBENCH, "-i", "-q", "-s", str(scale), "-h", HOST, "-p", str(port), "-U", USER, DBNAME]
+    proc = subprocess.run(cmd, env=client_env(), capture_output=True, text=True, timeout=900)
+    if proc.returncode != 0:
+        raise RuntimeError(f"pgbench -i on port {port} failed:\n{proc.stderr[-2000:]}")
+
+
+def pgbench_run(port: int, mode: str, args: argparse.Namespace, duration: int) -> dict[str, Any]:
+    """One select-only run; -n because VACUUM through Twinkly would hit both backends."""
+    cmd = [PGBENCH, "-n", "-S", "-M", mode, "-c", str(args.clients), "-j", str(args.threads)]
+    cmd += ["-T", str(duration), "-h", HOST, "-p", str(port), "-U", USER, DBNAME]
+    proc = subprocess.run(
+        cmd, env=client_env(), capture_output=True, text=True, timeout=duration + 120
+    )
+    match = re.search(r"tps = ([\d.]+) \(without initial connection time\)", proc.stdout)
+    errors = [line for line in proc.stderr.splitlines() if "error" in line or "abort" in line]
+    if proc.returncode != 0 or match is None or errors:
+        first = errors[0] if errors else (proc.stderr.strip() or f"exit {proc.returncode}")
+        return {"tps": None, "error": first[:300]}
+    return {"tps": float(match.group(1)), "error": None}
+
+
+def timed_select(port: int) -> float:
+    """Wall time of psql fetching all rows, output thrown away (psql's own cost is on both)."""
+    cmd = [PSQL, "-X", "-v", "ON_ERROR_STOP=1", "-h", HOST, "-p", str(port), "-U", USER]
+    cmd += ["-d", DBNAME, "-Atc", BIG_SELECT]
+    t0 = time.perf_counter()
+    proc = subprocess.run(
+        cmd, env=client_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=600
+    )
+    elapsed = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"psql on port {port} failed: {proc.stderr.decode(errors='replace')}")
+    return elapsed
+
+
+def rotated(items: tuple[str, ...], shift: int) -> list[str]:
+    """Each round starts with a different target, so no target always runs first (or last)."""
+    shift %= len(items)
+    return list(items[shift:] + items[:shift])
+
+
+def find_py_spy() -> str | None:
+    return shutil.which("py-spy") or shutil.which("py-spy", path=str(Path(sys.executable).parent))
+
+
+def measure(args: argparse.Namespace, ports: dict[str, int], twinkly: Twinkly) -> dict[str, Any]:
+    """All measurements; returns the JSON-able results."""
+    log("warm-up: a short simple run on every target (also checks that each one works)")
+    for target in TARGETS:
+        warm = pgbench_run(ports[target], "simple", args, min(2, args.duration))
+        if warm["error"]:
+            raise RuntimeError(f"warm-up on {target} failed: {warm['error']}")
+
+    runs: dict[str, dict[str, list[dict[str, Any]]]] = {
+        mode: {t: [] for t in targets} for mode, targets in MODES.items()
+    }
+    for rnd in range(args.rounds):
+        for mode, targets in MODES.items():
+            for target in rotated(targets, rnd):
+                log(f"round {rnd + 1}/{args.rounds}: -M {mode} on {target}")
+                result = pgbench_run(ports[target], mode, args, args.duration)
+                if result["error"]:
+                    log(f"  failed: {result['error']}")
+                else:
+                    log(f"  {result['tps']:.1f} tps")
+                runs[mode][target].append(result)
+
+    pgbench: dict[str, dict[str, Any]] = {}
+    for mode, per_target in runs.items():
+        pgbench[mode] = {}
+        for target, results in per_target.items():
+            tps = [r["tps"] for r in results if r["tps"] is not None]
+            pgbench[mode][target] = {
+                "runs_tps": tps,
+                "median_tps": statistics.median(tps) if tps else None,
+                "errors": sorted({r["error"] for r in results if r["error"]}),
+            }
+        direct = pgbench[mode]["direct"]["median_tps"]
+        for entry in pgbench[mode].values():
+            median = entry["median_tps"]
+            entry["ratio"] = median / direct if median is not None and direct else None
+
+    log("1M-row SELECT: direct and through Twinkly, alternating")
+    twinkly_idle_mb = twinkly.rss()
+    times: dict[str, list[float]] = {"direct": [], "twinkly": []}
+    peak = 0.0
+    baseline: float | None = None
+    for rnd in range(args.rounds):
+        for target in rotated(("direct", "twinkly"), rnd):
+            if target == "direct":
+                times["direct"].append(timed_select(ports["direct"]))
+                continue
+            baseline = twinkly.rss() if baseline is None else baseline
+            assert twinkly.proc is not None
+            with RssSampler(twinkly.proc.pid) as sampler:
+                times["twinkly"].append(timed_select(ports["twinkly"]))
+            peak = max(peak, sampler.peak_mb)
+            log(f"  twinkly: {times['twinkly'][-1]:.2f}s, peak RSS {sampler.peak_mb:.1f} MB")
+    big = {t: {"runs_s": v, "median_s": statistics.median(v)} for t, v in times.items()}
+    big["ratio"] = big["twinkly"]["median_s"] / big["direct"]["median_s"]  # type: ignore[assignment]
+    rss = {"idle_after_pgbench_mb": twinkly_idle_mb, "baseline_mb": baseline, "peak_mb": peak}
+
+    profile = None
+    if args.profile:
+        profile = run_profile(args, ports["twinkly"], twinkly)
+    return {"pgbench": pgbench, "big_select": big, "twinkly_rss": rss, "profile": profile}
+
+
+def run_profile(args: argparse.Namespace, port: int, twinkly: Twinkly) -> str | None:
+    """An extra, uncounted simple run under py-spy: sampling slows Twinkly, so its TPS is moot."""
+    py_spy = find_py_spy()
+    if py_spy is None:
+        log("--profile: py-spy not installed (pip install py-spy); skipping the flamegraph")
+        return None
+    assert twinkly.proc is not None
+    svg = Path(args.profile).resolve()
+    cmd = [py_spy, "record", "--pid", str(twinkly.proc.pid), "--duration", str(args.duration)]
+    cmd += ["--rate", "200", "--format", "flamegraph", "--output", str(svg)]
+    log(f"profiling Twinkly during a {args.duration}s simple run -> {svg}")
+    with subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) as spy:
+        time.sleep(0.5)  # let py-spy attach before the load starts
+        pgbench_run(port, "simple", args, args.duration)
+        try:
+            _, err = spy.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            spy.kill()
+            _, err = spy.communicate()
+    if spy.returncode != 0 or not svg.exists():
+        log(f"py-spy failed ({spy.returncode}): {err.decode(errors='replace')[-500:]}")
+        return None
+    return str(svg)
+
+
+def fmt(value: float | None, spec: str) -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+def verdict(ok: bool | None) -> str:
+    return "n/a" if ok is None else ("PASS" if ok else "FAIL")
+
+
+def report(results: dict[str, Any], args: argparse.Namespace) -> str:
+    head = f"pgbench -S, {args.clients} clients, -j {args.threads}, scale {args.scale},"
+    lines = [
+        f"Twinkly benchmark ({head} {args.rounds} rounds x {args.duration}s, median TPS)",
+        f"{'mode':<9} {'target':<10} {'median TPS':>11} {'vs direct':>10}  {'runs':<28} goal",
+    ]
+    for mode, per_target in results["pgbench"].items():
+        for target, e in per_target.items():
+            goal = ""
+            if mode == "simple" and target == "twinkly":
+                ok = None if e["ratio"] is None else e["ratio"] >= GOAL_TPS_RATIO
+                goal = f">= {GOAL_TPS_RATIO:.2f}  {verdict(ok)}"
+            runs = ", ".join(f"{t:.0f}" for t in e["runs_tps"]) or "-"
+            ratio = fmt(e["ratio"], ".3f")
+            lines.append(
+                f"{mode:<9} {target:<10} {fmt(e['median_tps'], '.1f'):>11} {ratio:>10}"
+                f"  {runs:<28} {goal}".rstrip()
+            )
+            lines += [f"{'':<22}error: {err}" for err in e["errors"]]
+    big, rss = results["big_select"], results["twinkly_rss"]
+    ratio_ok = big["ratio"] <= GOAL_SELECT_RATIO
+    lines += [
+        "",
+        f"1M-row SELECT (psql -Atc > /dev/null), median of {args.rounds}:",
+        f"  direct   {big['direct']['median_s']:8.2f} s",
+        f"  twinkly  {big['twinkly']['median_s']:8.2f} s   {big['ratio']:.2f}x direct"
+        f"   goal <= {GOAL_SELECT_RATIO:.0f}x  {verdict(ratio_ok)}",
+        f"Twinkly RSS: baseline {fmt(rss['baseline_mb'], '.1f')} MB, peak during the SELECT"
+        f" {rss['peak_mb']:.1f} MB   goal < {GOAL_RSS_MB:.0f} MB"
+        f"  {verdict(rss['peak_mb'] < GOAL_RSS_MB)}",
+    ]
+    if results.get("profile"):
+        lines.append(f"flamegraph: {results['profile']}")
+    return "\n".join(lines)
+
+
+def _interrupt(signum: int, frame: object) -> NoReturn:
+    raise KeyboardInterrupt  # SIGTERM gets the same cleanup as Ctrl-C
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
+    p.add_argument("--duration", type=int, default=10, help="seconds per pgbench run")
+    p.add_argument("--clients", type=int, default=4, help="pgbench -c (default 4)")
+    p.add_argument("--threads", type=int, default=2, help="pgbench -j (default 2)")
+    p.add_argument("--scale", type=int, default=10, help="pgbench -i -s (default 10)")
+    p.add_argument("--pg15-port", type=int, help="use this running truth server (no sandbox)")
+    p.add_argument("--pg18-port", type=int, help="use this running target server (no sandbox)")
+    p.add_argument("--json", type=Path, help="also write the results to this JSON file")
+    p.add_argument(
+        "--profile", nargs="?", const="twinkly-flamegraph.svg", metavar="SVG",
+        help="extra simple run under py-spy, flamegraph to SVG (default twinkly-flamegraph.svg)",
+    )  # fmt: skip
+    args = p.parse_args(argv)
+    if (args.pg15_port is None) != (args.pg18_port is None):
+        p.error("--pg15-port and --pg18-port go together (their pgbench tables are recreated)")
+    if args.rounds < 1 or args.duration < 1:
+        p.error("--rounds and --duration must be at least 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _interrupt)
+    started = time.monotonic()
+    workdir = Path(tempfile.mkdtemp(prefix="twinkly-bench-"))
+    workdir.chmod(0o755)  # pgbouncer runs as postgres when we are root
+    sandbox: Sandbox | None = None
+    twinkly: Twinkly | None = None
+    bouncer: subprocess.Popen[bytes] | None = None
+    try:
+        if args.pg15_port is None:
+            log("starting the sandbox (PostgreSQL 15 and 18)")
+            sandbox = Sandbox()
+            pg15, pg18 = sandbox.start()
+        else:  # only host and port are used from here on
+            nowhere = Path("/nonexistent")
+            pg15, pg18 = (
+                Server(f"pg{v}", v, HOST, port, PG15_BINDIR, nowhere, nowhere, nowhere)
+                for v, port in ((15, args.pg15_port), (18, args.pg18_port))
+            )
+        log(f"pgbench -i -s {args.scale} on {pg15.label}:{pg15.port} and {pg18.label}:{pg18.port}")
+        with ThreadPoolExecutor(2) as pool:
+            for fut in [pool.submit(pgbench_init, s.port, args.scale) for s in (pg15, pg18)]:
+                fut.result()
+        twinkly = Twinkly(workdir, pg15, pg18)
+        twinkly.start()
+        log(f"Twinkly (pid {twinkly.proc.pid if twinkly.proc else '?'}) on port {twinkly.port}")
+        bouncer_port = free_port()
+        bouncer = run_pgbouncer(pg15, bouncer_port, workdir / "pgbouncer")
+        log(f"pgbouncer (pid {bouncer.pid}) on port {bouncer_port}")
+        ports = {"direct": pg15.port, "pgbouncer": bouncer_port, "twinkly": twinkly.port}
+        results = measure(args, ports, twinkly)
+        elapsed = time.monotonic() - started
+        results["settings"] = {
+            k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
+        }
+        results["elapsed_s"] = elapsed
+        results["goals"] = {
+            "twinkly_simple_tps_ratio_min": GOAL_TPS_RATIO,
+            "big_select_ratio_max": GOAL_SELECT_RATIO,
+            "peak_rss_mb_max": GOAL_RSS_MB,
+        }
+        print(report(results, args))
+        print(f"total run time: {elapsed:.0f} s")
+        if args.json:
+            args.json.write_text(json.dumps(results, indent=2) + "\n")
+        return 0
+    except KeyboardInterrupt:
+        log("interrupted; cleaning up")
+        return 130
+    except Exception:
+        if twinkly is not None and twinkly.proc is not None:
+            log(f"Twinkly log tail:\n{twinkly.log_tail()}")
+        raise
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not skip cleanup
+        for name, stop in (
+            ("twinkly", twinkly.stop if twinkly else None),
+            ("pgbouncer", (lambda: stop_pgbouncer(bouncer)) if bouncer else None),
+            ("sandbox", sandbox.stop if sandbox else None),
+        ):
+            if stop is not None:
+                try:
+                    stop()
+                except Exception as exc:
+                    log(f"stopping {name} failed: {exc}")
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
