@@ -9,9 +9,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from twisted.internet import defer, ssl
-from twisted.internet.endpoints import HostnameEndpoint, connectProtocol
+from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.protocol import Protocol, connectionDone
+from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -119,11 +119,12 @@ class BackendProtocol(Protocol):
             on_lost, self.on_lost = self.on_lost, None
             on_lost(self, reason)
 
-    def terminate(self) -> None:
-        """Say goodbye politely, then close."""
+    def terminate(self, send: bool = True) -> None:
+        """Say goodbye politely (unless already said), then close."""
         self.on_lost = None
         if self.transport is not None and self.transport.connected:
-            self.transport.write(encode(Terminate()))
+            if send:
+                self.transport.write(encode(Terminate()))
             self.transport.loseConnection()
 
     def _cancel_timeout(self) -> None:
@@ -225,10 +226,26 @@ def connect_backend(
             return failure
         raise BackendError(f"cannot connect to {config.describe()}: {failure.getErrorMessage()}")
 
-    connecting = connectProtocol(endpoint, protocol)
+    connecting = _connect(endpoint, protocol)
     connecting.addCallback(lambda _: protocol.ready)
     connecting.addErrback(connect_failed)
     return connecting
+
+
+class _OneProtocol(Factory):
+    """Hands out one prepared protocol; quiet, since there is one per backend connection."""
+
+    noisy = False
+
+    def __init__(self, protocol: Protocol) -> None:
+        self._protocol = protocol
+
+    def buildProtocol(self, addr: object) -> Protocol:
+        return self._protocol
+
+
+def _connect(endpoint: HostnameEndpoint, protocol: Protocol) -> defer.Deferred:
+    return endpoint.connect(_OneProtocol(protocol))
 
 
 class _CancelSender(Protocol):
@@ -244,7 +261,7 @@ def send_cancel(reactor: object, config: BackendConfig, key: BackendKeyData) -> 
     """Deliver a CancelRequest for ``key`` on a fresh connection, as libpq does."""
     endpoint = HostnameEndpoint(reactor, config.host, config.port, timeout=config.connect_timeout)
     request = CancelRequest(key.process_id, key.secret_key).encode()
-    connecting = connectProtocol(endpoint, _CancelSender(request))
+    connecting = _connect(endpoint, _CancelSender(request))
     connecting.addErrback(
         lambda f: log.warn(
             "cannot send cancel to {backend}: {error}",

@@ -204,6 +204,7 @@ class ProxyFactory(Factory):
     """Shared state of all client connections."""
 
     protocol = ClientProtocol
+    noisy = False
 
     def __init__(
         self,

@@ -116,6 +116,7 @@ class Session:
         self._target_framer = target.framer
         self.gate = PauseGate(client_transport)  # type: ignore[arg-type]
         self._target_paused = False
+        self._pairing_logged = False
         self.closed = False
         self.process_id: int | None = None  # Twinkly's own, given by the factory
         self.bytes_from_client = 0
@@ -165,24 +166,28 @@ class Session:
         if target is not None:
             target.transport.write(data)
         if terminate:
-            self.close()
+            self.close(client_terminated=True)
 
     def truth_data(self, data: bytes) -> None:
         self.client.write(data)  # type: ignore[attr-defined]
         self.bytes_to_client += len(data)
-        self.truth_tracker.feed(self._truth_framer.feed(data))
+        tracker = self.truth_tracker
+        tracker.feed(self._truth_framer.feed(data))
         if self.pairer.truth_ahead > self._max_lag:
             self.gate.pause("target-lag")
         elif self.target_tracker.copy_in:
             self._check_target_copy()
-        self._check_flow()
+        self._check_flow(tracker)
 
     def target_data(self, data: bytes) -> None:
-        self.target_tracker.feed(self._target_framer.feed(data))
-        self._check_flow()
+        tracker = self.target_tracker
+        tracker.feed(self._target_framer.feed(data))
+        self._check_flow(tracker)
 
-    def _check_flow(self) -> None:
+    def _check_flow(self, tracker: ResponseTracker) -> None:
         pairer = self.pairer
+        if tracker.lost_track is not None or pairer.abandoned is not None:
+            self._pairing_lost(tracker)
         if pairer.truth_ahead <= self._max_lag // 2:
             self.gate.resume("target-lag")
         ahead = pairer.target_ahead
@@ -193,6 +198,22 @@ class Session:
             self._target_paused = False
             if self.target is not None:
                 self.target.transport.resumeProducing()
+
+    def _pairing_lost(self, tracker: ResponseTracker) -> None:
+        """Stop pairing once (a stream could not be followed, or a cap was reached);
+        the session goes on serving the client."""
+        if self._pairing_logged:
+            return
+        if tracker.lost_track is not None and self.pairer.abandoned is None:
+            side = "source of truth" if tracker is self.truth_tracker else "target"
+            self.pairer.abandon(f"lost track of the {side}'s responses: {tracker.lost_track}")
+        self._pairing_logged = True
+        log.warn(
+            "session {pid}: pairing stopped ({reason}); the client is still served",
+            pid=self.process_id,
+            reason=self.pairer.abandoned,
+        )
+        self.gate.resume("target-lag")
 
     def _check_target_copy(self) -> None:
         """End a COPY FROM STDIN the target started but the truth did not.
@@ -243,14 +264,15 @@ class Session:
             self.gate.resume("target-buffer")
             self.gate.resume("target-lag")
 
-    def close(self) -> None:
-        """Close the client and both backends (idempotent)."""
+    def close(self, client_terminated: bool = False) -> None:
+        """Close the client and both backends (idempotent). Backends get a Terminate
+        unless the client's own was just forwarded to them."""
         if self.closed:
             return
         self.closed = True
-        self.truth.terminate()
-        if self.target is not None:
-            self.target.terminate()
+        for backend in (self.truth, self.target):
+            if backend is not None:
+                backend.terminate(send=not client_terminated)
         self.client.loseConnection()  # type: ignore[attr-defined]
         if self._on_close is not None:
             self._on_close(self)  # type: ignore[operator]
