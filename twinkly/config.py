@@ -8,6 +8,7 @@ silently ignored.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -203,6 +204,13 @@ class _Section:
 def _parse_seconds(value: Any) -> float:
     if isinstance(value, bool):
         raise ValueError(value)
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    if type(value).__name__ == "relativedelta":  # pyhocon's reading of "5 seconds"
+        if value.years or value.months:
+            raise ValueError(value)
+        parts = ("days", "hours", "minutes", "seconds", "microseconds")
+        return timedelta(**{p: getattr(value, p) for p in parts}).total_seconds()
     if isinstance(value, (int, float)):
         return float(value)
     text = str(value).strip().lower().replace(" ", "")

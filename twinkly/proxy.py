@@ -230,17 +230,27 @@ class ProxyFactory(Factory):
         other failed is closed."""
         proxy = self.config.proxy
         attempts = []
-        for backend in (self.config.truth, self.config.target):
-            parameters = startup_parameters(backend, client_parameters)
-            d = connect_backend(self.reactor, backend, parameters, proxy.max_message_bytes)
-            d.addCallback(lambda protocol: opened.append(protocol) or protocol)
-            attempts.append(d)
+        gave_up = False
+
+        def connected(protocol: BackendProtocol) -> BackendProtocol:
+            if gave_up:  # the other backend failed first: do not leak this one
+                protocol.terminate()
+            else:
+                opened.append(protocol)
+            return protocol
 
         def failed(failure: Failure) -> Failure:
+            nonlocal gave_up
+            gave_up = True
             for protocol in opened:
                 protocol.terminate()
             opened.clear()
             return failure
+
+        for backend in (self.config.truth, self.config.target):
+            parameters = startup_parameters(backend, client_parameters)
+            d = connect_backend(self.reactor, backend, parameters, proxy.max_message_bytes)
+            attempts.append(d.addCallback(connected))
 
         return defer.gatherResults(attempts, consumeErrors=True).addCallbacks(tuple, failed)
 
@@ -289,4 +299,10 @@ def _server_tls_options(config: Config) -> ssl.CertificateOptions | None:
         cert = f.read()
     with open(key_file, "rb") as f:
         key = f.read()
-    return ssl.PrivateCertificate.loadPEM(cert + b"\n" + key).options()
+    pair = ssl.PrivateCertificate.loadPEM(cert + b"\n" + key)
+    # libpq 17 and later offer ALPN "postgresql" and expect it back, as servers do.
+    return ssl.CertificateOptions(
+        privateKey=pair.privateKey.original,
+        certificate=pair.original,
+        acceptableProtocols=[b"postgresql"],
+    )
