@@ -88,8 +88,15 @@ class BackendAuthenticator:
                     f"{self._label} offers SASL mechanisms {request.sasl_mechanisms()},"
                     f" none of which Twinkly supports"
                 )
-            self._scram = ScramClient([SCRAM], self._user, self._need_password("SCRAM"))
-            first = self._scram.get_client_first().encode()
+            password = self._need_password("SCRAM")
+            try:
+                self._scram = ScramClient([SCRAM], self._user, password)
+                first = self._scram.get_client_first().encode()
+            except ScramException as e:
+                raise AuthenticationFailed(
+                    f"cannot start SCRAM with {self._label} for user {self._user!r}: {e}",
+                    "28000",
+                ) from e
             return encode(PasswordMessage.sasl_initial(SCRAM, first))
         if code == AUTH_SASL_CONTINUE and self._scram is not None:
             try:

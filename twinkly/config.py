@@ -14,6 +14,7 @@ from typing import Any
 
 from pyhocon import ConfigFactory, ConfigTree
 from pyhocon.exceptions import ConfigException
+from pyparsing import ParseBaseException
 
 from twinkly.auth import METHODS, ClientAuthConfig
 
@@ -133,12 +134,17 @@ class _Section:
             raise ConfigError(f"{self._key(key)}: expected an object, got {value!r}")
         return _Section(value, self._key(key))
 
-    def string(self, key: str, default: str | None, choices: tuple[str, ...] = ()) -> Any:
+    def string(
+        self, key: str, default: str | None, choices: tuple[str, ...] = (), exact: bool = False
+    ) -> Any:
+        """A string; with ``exact``, only a quoted one (HOCON reads ``007`` as 7)."""
         value = self._raw(key)
         if value is None:
             return default
-        if isinstance(value, (ConfigTree, list, bool)):
-            raise ConfigError(f"{self._key(key)}: expected a string, got {value!r}")
+        if isinstance(value, (ConfigTree, list, bool)) or (exact and not isinstance(value, str)):
+            raise ConfigError(
+                f"{self._key(key)}: expected a string{' in quotes' if exact else ''}, got {value!r}"
+            )
         value = str(value)
         if choices and value not in choices:
             raise ConfigError(
@@ -230,7 +236,7 @@ def _backend(section: _Section, name: str, default_port: int) -> BackendConfig:
         host=section.string("host", "127.0.0.1"),
         port=section.integer("port", default_port, 1, 65535),
         user=section.string("user", None),
-        password=section.string("password", None),
+        password=section.string("password", None, exact=True),
         database=section.string("database", None),
         tls=section.string("tls", "disable", TLS_MODES),
         ca_file=section.string("ca-file", None),
@@ -251,7 +257,7 @@ def _client_auth(section: _Section) -> ClientAuthConfig:
             raise ConfigError(f"{path}: expected an object with name and password")
         user = _Section(entry, path)
         name = user.string("name", None)
-        password = user.string("password", None)
+        password = user.string("password", None, exact=True)
         if not name:
             raise ConfigError(f"{path}.name: required")
         if password is None and method != "trust":
@@ -292,6 +298,7 @@ def _proxy(section: _Section) -> ProxyConfig:
             raise ConfigError(f"proxy.tls.{key}: no such file: {value}")
     tls.finish()
     flow.finish()
+    section.finish()
     return config
 
 
@@ -322,7 +329,7 @@ def load(path: str | Path) -> Config:
         tree = ConfigFactory.parse_file(str(path), resolve=True)
     except FileNotFoundError:
         raise ConfigError(f"configuration file not found: {path}") from None
-    except (ConfigException, ValueError) as e:
+    except (ConfigException, ValueError, ParseBaseException) as e:
         raise ConfigError(f"{path}: {e}") from None
     return from_tree(tree)
 
@@ -330,6 +337,6 @@ def load(path: str | Path) -> Config:
 def loads(text: str) -> Config:
     try:
         tree = ConfigFactory.parse_string(text, resolve=True)
-    except (ConfigException, ValueError) as e:
+    except (ConfigException, ValueError, ParseBaseException) as e:
         raise ConfigError(str(e)) from None
     return from_tree(tree)

@@ -1,10 +1,10 @@
 """Pairing the two backends' results, statement by statement and sync point by sync point.
 
-Both backends receive the same messages in the same order, so until one of them fails,
-their results correspond one to one. After a failure, the failed backend skips to its
-next ReadyForQuery while the other goes on: the other's results up to that sync point
-have no partner and are reported as one-sided. Sync points always pair with sync points.
-No timer is involved anywhere.
+Both backends receive the same messages in the same order, and every result carries the
+key of the client message (and statement) it answers. Each side's items arrive in key
+order, so the pairer merges the two streams: equal keys pair; an item whose key the
+other side has already passed has no partner (that backend skipped it, after an error,
+or ignored a Sync during COPY) and is reported as one-sided. No timer is involved.
 """
 
 from __future__ import annotations
@@ -70,6 +70,7 @@ class Pairer:
         self._target: deque[Item] = deque()
         self.abandoned: str | None = None
         self.dropped = 0
+        self.unpaired_syncs = 0
 
     @property
     def truth_ahead(self) -> int:
@@ -116,19 +117,22 @@ class Pairer:
         truth, target, observer = self._truth, self._target, self._observer
         while truth and target:
             a, b = truth[0], target[0]
-            a_sync = type(a) is SyncPoint
-            b_sync = type(b) is SyncPoint
-            if a_sync and b_sync:
+            if a.key == b.key:
                 truth.popleft()
                 target.popleft()
-                observer.sync_paired(a, b)  # type: ignore[arg-type]
-            elif a_sync:
-                target.popleft()
-                observer.statement_unpaired(b, "target")  # type: ignore[arg-type]
-            elif b_sync:
+                if type(a) is SyncPoint:
+                    observer.sync_paired(a, b)  # type: ignore[arg-type]
+                else:
+                    observer.statements_paired(a, b)  # type: ignore[arg-type]
+            elif a.key < b.key:
                 truth.popleft()
-                observer.statement_unpaired(a, "truth")  # type: ignore[arg-type]
+                self._one_sided(a, "truth")
             else:
-                truth.popleft()
                 target.popleft()
-                observer.statements_paired(a, b)  # type: ignore[arg-type]
+                self._one_sided(b, "target")
+
+    def _one_sided(self, item: Item, side: str) -> None:
+        if type(item) is SyncPoint:
+            self.unpaired_syncs += 1  # a Sync one backend ignored (during COPY)
+        else:
+            self._observer.statement_unpaired(item, side)  # type: ignore[arg-type]

@@ -26,6 +26,12 @@ EXECUTE = "E"
 CLOSE = "C"
 SYNC = "S"  # ReadyForQuery
 FUNCTION_CALL = "F"  # FunctionCallResponse, then ReadyForQuery
+COPY_END = "c"  # the client ended a COPY FROM STDIN: owes nothing, marks a boundary
+
+# Results are keyed by the client message they answer: seq << SUB_BITS | statement
+# number within a simple query. A sync point sorts after every result of its message.
+SUB_BITS = 20
+SYNC_SUB = (1 << SUB_BITS) - 1
 
 _ENDS_WITH_READY = frozenset((QUERY, SYNC, FUNCTION_CALL))
 _DIGEST_MASK = (1 << 64) - 1
@@ -72,6 +78,8 @@ CLIENT_EXPECTATIONS = {
     ord("C"): CLOSE,
     ord("S"): SYNC,
     ord("F"): FUNCTION_CALL,
+    ord("c"): COPY_END,
+    ord("f"): COPY_END,
 }
 
 
@@ -89,6 +97,7 @@ class StatementResult:
         "empty",
         "error",
         "finished",
+        "key",
         "parameter_types",
         "request",
         "rows",
@@ -97,8 +106,9 @@ class StatementResult:
         "tag",
     )
 
-    def __init__(self, request: str, started: float) -> None:
+    def __init__(self, request: str, started: float, key: int = 0) -> None:
         self.request = request
+        self.key = key  # which client message (and statement) this answers
         self.started = started
         self.finished = started
         self.columns: bytes | None = None
@@ -135,11 +145,12 @@ class StatementResult:
 class SyncPoint:
     """A ReadyForQuery: the end of a simple query, a Sync, or a function call."""
 
-    __slots__ = ("status", "time")
+    __slots__ = ("key", "status", "time")
 
-    def __init__(self, status: str, time: float) -> None:
+    def __init__(self, status: str, time: float, key: int = SYNC_SUB) -> None:
         self.status = status
         self.time = time
+        self.key = key
 
     def __repr__(self) -> str:
         return f"<SyncPoint {self.status}>"
@@ -158,9 +169,11 @@ class ResponseTracker:
     def __init__(self, emit: Callable[[Item], None], clock: Callable[[], float]) -> None:
         self._emit = emit
         self._clock = clock
-        self._owed: deque[list] = deque()  # [kind, time sent]
+        self._owed: deque[list] = deque()  # [kind, time sent, client message seq]
         self._current: StatementResult | None = None
+        self._statement = 0  # statement number within the current simple query
         self._skipping = False  # after an extended-protocol error, until Sync
+        self._copy_in_syncs = False  # in an extended COPY FROM STDIN: Syncs are ignored
         self.status = "I"
         self.copy_in = False
         self.lost_track: str | None = None  # why results can no longer be trusted
@@ -171,13 +184,24 @@ class ResponseTracker:
     def owed(self) -> int:
         return len(self._owed)
 
-    def expect(self, kind: str, now: float) -> None:
-        """The client sent a message for which this backend now owes ``kind``."""
+    @property
+    def current(self) -> StatementResult | None:
+        """The result being received right now, if any."""
+        return self._current
+
+    def expect(self, kind: str, now: float, seq: int = 0) -> None:
+        """The client sent message number ``seq``, for which this backend now owes
+        ``kind``."""
+        if self._copy_in_syncs:
+            if kind == SYNC:
+                return  # the backend ignores Sync during COPY FROM STDIN
+            if kind == COPY_END:
+                self._copy_in_syncs = False
         if self._skipping:
             if kind != SYNC:
                 return
             self._skipping = False
-        self._owed.append([kind, now])
+        self._owed.append([kind, now, seq])
 
     def feed(self, messages: list[tuple[int, bytes]]) -> None:
         for type_byte, payload in messages:
@@ -191,12 +215,21 @@ class ResponseTracker:
 
     # --- the state machine -------------------------------------------------------
 
+    def _head(self) -> list | None:
+        """What is owed next, past the markers of COPYs that are over."""
+        owed = self._owed
+        while owed and owed[0][0] == COPY_END:
+            owed.popleft()
+        return owed[0] if owed else None
+
     def _start(self) -> StatementResult | None:
         if self._current is None:
-            if not self._owed:
+            head = self._head()
+            if head is None:
                 return None
-            head = self._owed[0]
-            self._current = StatementResult(head[0], head[1])
+            self._current = StatementResult(
+                head[0], head[1], (head[2] << SUB_BITS) | self._statement
+            )
         return self._current
 
     def _finish(self, pop: bool) -> None:
@@ -209,6 +242,7 @@ class ResponseTracker:
             self.copy_in = False
             if self._owed and result.request in _ENDS_WITH_READY and not pop:
                 self._owed[0][1] = now  # the next statement of a simple query starts now
+                self._statement += 1
             self._emit(result)
         if pop and self._owed:
             self._owed.popleft()
@@ -252,6 +286,8 @@ class ResponseTracker:
         elif type_byte == _COPY_IN:
             result.copy = "in"
             self.copy_in = True
+            if kind == EXECUTE:
+                self._ignore_syncs_during_copy()
             if self.on_copy_in is not None:
                 self.on_copy_in()
         elif type_byte == _COPY_OUT or type_byte == _COPY_BOTH:
@@ -268,6 +304,24 @@ class ResponseTracker:
         else:
             self._lose_track(f"unexpected message {chr(type_byte)!r} for request {kind}")
 
+    def _ignore_syncs_during_copy(self) -> None:
+        """An extended-protocol COPY FROM STDIN began: the backend ignores any Sync the
+        client sent before ending the COPY (libpq sends one right after Execute)."""
+        owed = self._owed
+        kept: deque[list] = deque([owed.popleft()]) if owed else deque()
+        while owed:
+            entry = owed.popleft()
+            if entry[0] == COPY_END:
+                kept.append(entry)
+                kept.extend(owed)
+                owed.clear()
+                break
+            if entry[0] != SYNC:
+                kept.append(entry)
+        else:
+            self._copy_in_syncs = True
+        self._owed = kept
+
     def _error(self, result: StatementResult, payload: bytes) -> None:
         result.error = payload
         kind = result.request
@@ -276,6 +330,7 @@ class ResponseTracker:
             return
         # Extended protocol: the backend now ignores everything until Sync.
         self._finish(pop=True)
+        self._copy_in_syncs = False
         while self._owed and self._owed[0][0] != SYNC:
             self._owed.popleft()
         if not self._owed:
@@ -285,18 +340,21 @@ class ResponseTracker:
         self.status = chr(payload[0]) if payload else "?"
         if self._current is not None:
             self._finish(pop=False)
-        if not self._owed:
+        head = self._head()
+        if head is None:
             self._lose_track("ReadyForQuery with nothing owed")
             return
-        head = self._owed.popleft()
+        self._owed.popleft()
         if head[0] not in _ENDS_WITH_READY:
             self._lose_track(f"ReadyForQuery while owing {head[0]}")
             return
         self._skipping = False
-        self._emit(SyncPoint(self.status, self._clock()))
+        self._statement = 0
+        self._emit(SyncPoint(self.status, self._clock(), (head[2] << SUB_BITS) | SYNC_SUB))
 
     def _lose_track(self, why: str) -> None:
         if self.lost_track is None:
             self.lost_track = why
         self._owed.clear()
         self._current = None
+        self._statement = 0

@@ -116,6 +116,7 @@ class Session:
         self._target_framer = target.framer
         self.gate = PauseGate(client_transport)  # type: ignore[arg-type]
         self._target_paused = False
+        self._seq = 0  # client messages that owe a response, numbered
         self._pairing_logged = False
         self.closed = False
         self.process_id: int | None = None  # Twinkly's own, given by the factory
@@ -152,15 +153,18 @@ class Session:
             now = self._now()
             truth_expect = self.truth_tracker.expect
             target_expect = self.target_tracker.expect
+            seq = self._seq
             for type_byte, payload in messages:
                 kind = CLIENT_EXPECTATIONS.get(type_byte)
                 if kind is not None:
                     if type_byte == _DESCRIBE and payload[:1] == b"P":
                         kind = DESCRIBE_PORTAL
-                    truth_expect(kind, now)
-                    target_expect(kind, now)
+                    seq += 1
+                    truth_expect(kind, now, seq)
+                    target_expect(kind, now, seq)
                 elif type_byte == _TERMINATE:
                     terminate = True
+            self._seq = seq
         self.truth.transport.write(data)
         target = self.target
         if target is not None:
@@ -219,20 +223,20 @@ class Session:
         """End a COPY FROM STDIN the target started but the truth did not.
 
         The client only sends COPY data for the truth's COPY; a target waiting for data
-        that will never come would stall its whole pipeline. Its counterpart is the
-        truth's next unpaired item: if that is not a COPY FROM STDIN, fail the target's.
+        that will never come would stall its whole pipeline. Once the truth has answered
+        the same statement without a COPY FROM STDIN (or gone past it), fail the target's.
         """
-        if not self.target_tracker.copy_in or self.target is None:
-            return
-        if self.pairer.target_ahead:
+        copying = self.target_tracker.current
+        if copying is None or copying.copy != "in" or self.target is None:
             return
         head = self.pairer.truth_head()
-        if head is None:
-            return
-        if isinstance(head, SyncPoint) or head.copy != "in":
-            message = "COPY ended by Twinkly: the source of truth did not run this COPY"
-            self.target.transport.write(encode(CopyFail(message)))
-            self.target_tracker.copy_in = False
+        if head is None or head.key < copying.key:
+            return  # the truth has not got that far yet
+        if head.key == copying.key and getattr(head, "copy", None) == "in":
+            return  # both are copying: the client's data goes to both
+        message = "COPY ended by Twinkly: the source of truth did not run this COPY"
+        self.target.transport.write(encode(CopyFail(message)))
+        self.target_tracker.copy_in = False
 
     # --- ending --------------------------------------------------------------------
 
