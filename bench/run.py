@@ -24,6 +24,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, NoReturn
@@ -38,11 +39,11 @@ from twinkly.sandbox import HOST, PG15_BINDIR, USERS, Sandbox, Server  # noqa: E
 
 USER, PASSWORD, DBNAME = "twinkly", USERS["twinkly"], "twinkly"
 # One client build for every target, so client-side cost is identical everywhere.
-PGBENCH, PSQL = PG15_BINDIR / "pgbench", PG15_BINDIR / "psql"
+PGBENCH, PSQL = str(PG15_BINDIR / "pgbench"), str(PG15_BINDIR / "psql")
 BIG_SELECT = "select g, repeat('x', 50) from generate_series(1, 1000000) g"
 TARGETS = ("direct", "pgbouncer", "twinkly")
 MODES = {"simple": TARGETS, "prepared": TARGETS, "extended": ("direct", "twinkly")}
-GOAL_TPS_RATIO, GOAL_SELECT_RATIO, GOAL_RSS_MB = 0.20, 3.0, 80.0
+GOALS = {"simple_tps_ratio_min": 0.20, "select_1m_ratio_max": 3.0, "peak_rss_mb_max": 80.0}
 MB = 1024 * 1024
 
 
@@ -68,51 +69,44 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and proc.poll() is None:
-        with contextlib.suppress(OSError), socket.create_connection((HOST, port), timeout=0.5):
-            return
-        time.sleep(0.05)
-    raise RuntimeError(f"nothing listening on {HOST}:{port} (exit code {proc.poll()})")
-
-
 class Twinkly:
     """Twinkly as a real ``twistd`` subprocess, configured exactly as a user would."""
 
     def __init__(self, workdir: Path, pg15: Server, pg18: Server) -> None:
-        self.workdir = workdir
-        self.port = free_port()
-        self.log_path = workdir / "twistd.log"
+        self.port, self.log_path = free_port(), workdir / "twistd.log"
         self.proc: subprocess.Popen[bytes] | None = None
-        backends = {"postgresql": pg15, "yugabytedb": pg18}
-        sections = "\n".join(
-            f"  {key} {{ label = {json.dumps(s.label)}, host = {json.dumps(s.host)},"
-            f" port = {s.port}, user = {json.dumps(USER)}, password = {json.dumps(PASSWORD)},"
-            f" database = {json.dumps(DBNAME)}, tls = disable }}"
-            for key, s in backends.items()
+        self.rss_at_start: float | None = None
+        q = json.dumps
+        sections = "".join(
+            f"  {key} {{ label = {q(s.label)}, host = {q(s.host)}, port = {s.port},"
+            f" user = {q(USER)}, password = {q(PASSWORD)}, database = {q(DBNAME)}, tls = disable"
+            " }\n"
+            for key, s in (("postgresql", pg15), ("yugabytedb", pg18))
         )
-        self.config = workdir / "twinkly.conf"
-        self.config.write_text(
-            f'proxy {{\n  listen-address = "{HOST}"\n  listen-port = {self.port}\n'
-            f"  shutdown-timeout = 2s\n  auth {{ method = trust }}\n{sections}\n}}\n"
+        config = workdir / "twinkly.conf"
+        config.write_text(
+            f"proxy {{\n  listen-address = {q(HOST)}\n  listen-port = {self.port}\n"
+            f"  shutdown-timeout = 2\n  auth {{ method = trust }}\n{sections}}}\n"
             'comparison { enabled = true, source-of-truth = "postgresql" }\n'
         )
+        twistd = Path(sys.executable).parent / "twistd"
+        self.cmd = [str(twistd), "-n", "--pidfile=", "twinkly", "--config", str(config)]
 
     def start(self, timeout: float = 30.0) -> None:
-        twistd = Path(sys.executable).parent / "twistd"
-        cmd = [str(twistd), "-n", "--pidfile=", "twinkly", "--config", str(self.config)]
         env = {**os.environ, "PYTHONPATH": str(REPO)}
         with open(self.log_path, "wb") as out:
             # Own session: a Ctrl-C reaches only us, so we stop Twinkly in order, by PID.
             self.proc = subprocess.Popen(
-                cmd, cwd=self.workdir, env=env, stdin=subprocess.DEVNULL,
+                self.cmd, cwd=self.log_path.parent, env=env, stdin=subprocess.DEVNULL,
                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
             )  # fmt: skip
-        try:
-            wait_for_port(self.port, self.proc, timeout)
-        except RuntimeError as exc:
-            raise RuntimeError(f"Twinkly did not start: {exc}\n{self.log_tail()}") from None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.proc.poll() is None:
+            with contextlib.suppress(OSError), socket.create_connection((HOST, self.port), 0.5):
+                self.rss_at_start = self.rss()
+                return
+            time.sleep(0.05)
+        raise RuntimeError(f"Twinkly did not listen on port {self.port} (exit {self.proc.poll()})")
 
     def log_tail(self, chars: int = 3000) -> str:
         return self.log_path.read_text(errors="replace")[-chars:] if self.log_path.exists() else ""
@@ -123,45 +117,33 @@ class Twinkly:
 
     def stop(self) -> None:
         """SIGTERM (graceful, bounded by shutdown-timeout), then SIGKILL if it lingers."""
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
 
 
-class RssSampler:
-    """Samples a process's RSS every ``interval`` s in a thread: a peak needs frequent looks."""
+def peak_rss_during(pid: int, work: Callable[[], float]) -> tuple[float, float]:
+    """work()'s result and pid's peak RSS in MB, sampled every 50 ms (a peak needs many looks)."""
+    process, peak, done = psutil.Process(pid), [0.0], threading.Event()
 
-    def __init__(self, pid: int, interval: float = 0.05) -> None:
-        self.process = psutil.Process(pid)
-        self.interval = interval
-        self.peak_mb = 0.0
-        self.samples = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+    def sample() -> None:
+        while True:
+            with contextlib.suppress(psutil.Error):
+                peak[0] = max(peak[0], process.memory_info().rss / MB)
+            if done.wait(0.05):
+                return
 
-    def _sample(self) -> None:
-        with contextlib.suppress(psutil.Error):
-            self.peak_mb = max(self.peak_mb, self.process.memory_info().rss / MB)
-            self.samples += 1
-
-    def _run(self) -> None:
-        self._sample()
-        while not self._stop.wait(self.interval):
-            self._sample()
-
-    def __enter__(self) -> RssSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self._sample()
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        return work(), peak[0]
+    finally:
+        done.set()
+        sampler.join()
 
 
 def pgbench_init(port: int, scale: int) -> None:
@@ -206,10 +188,6 @@ def rotated(items: tuple[str, ...], shift: int) -> list[str]:
     return list(items[shift:] + items[:shift])
 
 
-def find_py_spy() -> str | None:
-    return shutil.which("py-spy") or shutil.which("py-spy", path=str(Path(sys.executable).parent))
-
-
 def measure(args: argparse.Namespace, ports: dict[str, int], twinkly: Twinkly) -> dict[str, Any]:
     """All measurements; returns the JSON-able results."""
     log("warm-up: a short simple run on every target (also checks that each one works)")
@@ -226,19 +204,19 @@ def measure(args: argparse.Namespace, ports: dict[str, int], twinkly: Twinkly) -
             for target in rotated(targets, rnd):
                 log(f"round {rnd + 1}/{args.rounds}: -M {mode} on {target}")
                 result = pgbench_run(ports[target], mode, args, args.duration)
-                if result["error"]:
-                    log(f"  failed: {result['error']}")
-                else:
-                    log(f"  {result['tps']:.1f} tps")
+                log(
+                    f"  failed: {result['error']}"
+                    if result["error"]
+                    else f"  {result['tps']:.1f} tps"
+                )
                 runs[mode][target].append(result)
 
-    pgbench: dict[str, dict[str, Any]] = {}
+    pgbench: dict[str, dict[str, Any]] = {mode: {} for mode in runs}
     for mode, per_target in runs.items():
-        pgbench[mode] = {}
         for target, results in per_target.items():
             tps = [r["tps"] for r in results if r["tps"] is not None]
             pgbench[mode][target] = {
-                "runs_tps": tps,
+                "runs_tps": [r["tps"] for r in results],  # None: the run failed
                 "median_tps": statistics.median(tps) if tps else None,
                 "errors": sorted({r["error"] for r in results if r["error"]}),
             }
@@ -248,7 +226,6 @@ def measure(args: argparse.Namespace, ports: dict[str, int], twinkly: Twinkly) -
             entry["ratio"] = median / direct if median is not None and direct else None
 
     log("1M-row SELECT: direct and through Twinkly, alternating")
-    twinkly_idle_mb = twinkly.rss()
     times: dict[str, list[float]] = {"direct": [], "twinkly": []}
     peak = 0.0
     baseline: float | None = None
@@ -259,23 +236,25 @@ def measure(args: argparse.Namespace, ports: dict[str, int], twinkly: Twinkly) -
                 continue
             baseline = twinkly.rss() if baseline is None else baseline
             assert twinkly.proc is not None
-            with RssSampler(twinkly.proc.pid) as sampler:
-                times["twinkly"].append(timed_select(ports["twinkly"]))
-            peak = max(peak, sampler.peak_mb)
-            log(f"  twinkly: {times['twinkly'][-1]:.2f}s, peak RSS {sampler.peak_mb:.1f} MB")
-    big = {t: {"runs_s": v, "median_s": statistics.median(v)} for t, v in times.items()}
-    big["ratio"] = big["twinkly"]["median_s"] / big["direct"]["median_s"]  # type: ignore[assignment]
-    rss = {"idle_after_pgbench_mb": twinkly_idle_mb, "baseline_mb": baseline, "peak_mb": peak}
+            elapsed, run_peak = peak_rss_during(
+                twinkly.proc.pid, lambda: timed_select(twinkly.port)
+            )
+            times["twinkly"].append(elapsed)
+            peak = max(peak, run_peak)
+            log(f"  twinkly: {elapsed:.2f}s, peak RSS {run_peak:.1f} MB")
+    big: dict[str, Any] = {
+        t: {"runs_s": v, "median_s": statistics.median(v)} for t, v in times.items()
+    }
+    big["ratio"] = big["twinkly"]["median_s"] / big["direct"]["median_s"]
+    rss = {"at_start_mb": twinkly.rss_at_start, "baseline_mb": baseline, "peak_mb": peak}
 
-    profile = None
-    if args.profile:
-        profile = run_profile(args, ports["twinkly"], twinkly)
+    profile = run_profile(args, ports["twinkly"], twinkly) if args.profile else None
     return {"pgbench": pgbench, "big_select": big, "twinkly_rss": rss, "profile": profile}
 
 
 def run_profile(args: argparse.Namespace, port: int, twinkly: Twinkly) -> str | None:
     """An extra, uncounted simple run under py-spy: sampling slows Twinkly, so its TPS is moot."""
-    py_spy = find_py_spy()
+    py_spy = shutil.which("py-spy") or shutil.which("py-spy", path=str(Path(sys.executable).parent))
     if py_spy is None:
         log("--profile: py-spy not installed (pip install py-spy); skipping the flamegraph")
         return None
@@ -316,9 +295,9 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> str:
         for target, e in per_target.items():
             goal = ""
             if mode == "simple" and target == "twinkly":
-                ok = None if e["ratio"] is None else e["ratio"] >= GOAL_TPS_RATIO
-                goal = f">= {GOAL_TPS_RATIO:.2f}  {verdict(ok)}"
-            runs = ", ".join(f"{t:.0f}" for t in e["runs_tps"]) or "-"
+                ok = None if e["ratio"] is None else e["ratio"] >= GOALS["simple_tps_ratio_min"]
+                goal = f">= {GOALS['simple_tps_ratio_min']:.2f}  {verdict(ok)}"
+            runs = ", ".join(fmt(t, ".0f").replace("n/a", "failed") for t in e["runs_tps"])
             ratio = fmt(e["ratio"], ".3f")
             lines.append(
                 f"{mode:<9} {target:<10} {fmt(e['median_tps'], '.1f'):>11} {ratio:>10}"
@@ -326,20 +305,26 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> str:
             )
             lines += [f"{'':<22}error: {err}" for err in e["errors"]]
     big, rss = results["big_select"], results["twinkly_rss"]
-    ratio_ok = big["ratio"] <= GOAL_SELECT_RATIO
+    ratio_ok = big["ratio"] <= GOALS["select_1m_ratio_max"]
     lines += [
         "",
         f"1M-row SELECT (psql -Atc > /dev/null), median of {args.rounds}:",
         f"  direct   {big['direct']['median_s']:8.2f} s",
         f"  twinkly  {big['twinkly']['median_s']:8.2f} s   {big['ratio']:.2f}x direct"
-        f"   goal <= {GOAL_SELECT_RATIO:.0f}x  {verdict(ratio_ok)}",
+        f"   goal <= {GOALS['select_1m_ratio_max']:.0f}x  {verdict(ratio_ok)}",
         f"Twinkly RSS: baseline {fmt(rss['baseline_mb'], '.1f')} MB, peak during the SELECT"
-        f" {rss['peak_mb']:.1f} MB   goal < {GOAL_RSS_MB:.0f} MB"
-        f"  {verdict(rss['peak_mb'] < GOAL_RSS_MB)}",
+        f" {rss['peak_mb']:.1f} MB   goal < {GOALS['peak_rss_mb_max']:.0f} MB"
+        f"  {verdict(rss['peak_mb'] < GOALS['peak_rss_mb_max'])}",
     ]
     if results.get("profile"):
         lines.append(f"flamegraph: {results['profile']}")
     return "\n".join(lines)
+
+
+def kill_pidfile(pidfile: Path) -> None:
+    """pgbouncer started but run_pgbouncer never returned its Popen: stop it by its own PID."""
+    with contextlib.suppress(ValueError, OSError):
+        os.kill(int(pidfile.read_text().split()[0]), signal.SIGTERM)
 
 
 def _interrupt(signum: int, frame: object) -> NoReturn:
@@ -374,13 +359,13 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     workdir = Path(tempfile.mkdtemp(prefix="twinkly-bench-"))
     workdir.chmod(0o755)  # pgbouncer runs as postgres when we are root
-    sandbox: Sandbox | None = None
+    cleanups: list[tuple[str, Callable[[], None]]] = []  # undone in reverse order
     twinkly: Twinkly | None = None
-    bouncer: subprocess.Popen[bytes] | None = None
     try:
         if args.pg15_port is None:
             log("starting the sandbox (PostgreSQL 15 and 18)")
             sandbox = Sandbox()
+            cleanups.append(("sandbox", sandbox.stop))
             pg15, pg18 = sandbox.start()
         else:  # only host and port are used from here on
             nowhere = Path("/nonexistent")
@@ -393,23 +378,19 @@ def main(argv: list[str] | None = None) -> int:
             for fut in [pool.submit(pgbench_init, s.port, args.scale) for s in (pg15, pg18)]:
                 fut.result()
         twinkly = Twinkly(workdir, pg15, pg18)
+        cleanups.append(("twinkly", twinkly.stop))
         twinkly.start()
         log(f"Twinkly (pid {twinkly.proc.pid if twinkly.proc else '?'}) on port {twinkly.port}")
-        bouncer_port = free_port()
-        bouncer = run_pgbouncer(pg15, bouncer_port, workdir / "pgbouncer")
+        bouncer_port, pidfile = free_port(), workdir / "pgbouncer" / "pgbouncer.pid"
+        cleanups.append(("pgbouncer", lambda: kill_pidfile(pidfile)))  # if interrupted early
+        bouncer = run_pgbouncer(pg15, bouncer_port, pidfile.parent)
+        cleanups[-1] = ("pgbouncer", lambda: stop_pgbouncer(bouncer))
         log(f"pgbouncer (pid {bouncer.pid}) on port {bouncer_port}")
         ports = {"direct": pg15.port, "pgbouncer": bouncer_port, "twinkly": twinkly.port}
         results = measure(args, ports, twinkly)
         elapsed = time.monotonic() - started
-        results["settings"] = {
-            k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
-        }
-        results["elapsed_s"] = elapsed
-        results["goals"] = {
-            "twinkly_simple_tps_ratio_min": GOAL_TPS_RATIO,
-            "big_select_ratio_max": GOAL_SELECT_RATIO,
-            "peak_rss_mb_max": GOAL_RSS_MB,
-        }
+        settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+        results.update(settings=settings, goals=GOALS, elapsed_s=elapsed)
         print(report(results, args))
         print(f"total run time: {elapsed:.0f} s")
         if args.json:
@@ -423,17 +404,13 @@ def main(argv: list[str] | None = None) -> int:
             log(f"Twinkly log tail:\n{twinkly.log_tail()}")
         raise
     finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not skip cleanup
-        for name, stop in (
-            ("twinkly", twinkly.stop if twinkly else None),
-            ("pgbouncer", (lambda: stop_pgbouncer(bouncer)) if bouncer else None),
-            ("sandbox", sandbox.stop if sandbox else None),
-        ):
-            if stop is not None:
-                try:
-                    stop()
-                except Exception as exc:
-                    log(f"stopping {name} failed: {exc}")
+        for sig in (signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C must not skip cleanup
+            signal.signal(sig, signal.SIG_IGN)
+        for name, stop in reversed(cleanups):
+            try:
+                stop()
+            except Exception as exc:
+                log(f"stopping {name} failed: {exc}")
         shutil.rmtree(workdir, ignore_errors=True)
 
 

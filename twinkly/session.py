@@ -26,7 +26,6 @@ from twinkly.responses import (
     CLIENT_EXPECTATIONS,
     DESCRIBE_PORTAL,
     ResponseTracker,
-    SyncPoint,
 )
 from twinkly.wire.backend import ErrorResponse
 from twinkly.wire.framing import MessageFramer
