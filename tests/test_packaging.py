@@ -1,0 +1,79 @@
+"""What a user installs and runs: the wheel carries the twistd plugin, twistd documents
+the options, a bad configuration stops start-up naming the key, shipped configs load."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+from twinkly.config import load
+
+REPO = Path(__file__).resolve().parent.parent
+TWISTD = Path(sys.executable).with_name("twistd")
+
+
+def twistd(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    return subprocess.run(
+        [str(TWISTD), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=60
+    )
+
+
+def test_wheel_carries_the_plugin_and_the_package(tmp_path: Path) -> None:
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(REPO)],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    (wheel,) = tmp_path.glob("twinkly-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert "twisted/plugins/twinkly_plugin.py" in names
+    assert "twisted/plugins/__init__.py" not in names, "would shadow Twisted's own plugins"
+    assert {"twinkly/tap.py", "twinkly/wire/framing.py", "twinkly/session.py"} <= names
+
+
+def test_twistd_help_documents_the_options(tmp_path: Path) -> None:
+    result = twistd("twinkly", "--help", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    for option in ("--config", "--listen", "--source-of-truth"):
+        assert option in result.stdout
+
+
+def test_bad_configuration_stops_startup_naming_the_key(tmp_path: Path) -> None:
+    config = tmp_path / "bad.conf"
+    config.write_text("proxy { listen-port = 5431, postgresql { prot = 5432 } }\n")
+    result = twistd("-n", "--pidfile=", "twinkly", "--config", str(config), cwd=tmp_path)
+    assert result.returncode != 0
+    assert "proxy.postgresql.prot: unknown configuration key" in result.stderr + result.stdout
+
+
+def test_bad_override_stops_startup(tmp_path: Path) -> None:
+    result = twistd(
+        "-n",
+        "--pidfile=",
+        "twinkly",
+        "--config",
+        str(REPO / "conf/twinkly.conf"),
+        "--source-of-truth",
+        "oracle",
+        cwd=tmp_path,
+    )
+    assert result.returncode != 0
+    assert "comparison.source-of-truth" in result.stderr + result.stdout
+
+
+def test_shipped_configurations_load() -> None:
+    default = load(REPO / "conf" / "twinkly.conf")
+    assert (default.truth.label, default.target.label) == ("pg15", "pg18")
+    docker = load(REPO / "docker" / "twinkly.conf")
+    assert (docker.truth.host, docker.target.host, docker.target.port) == (
+        "postgres",
+        "yugabytedb",
+        5433,
+    )
+    compose = (REPO / "docker" / "compose.yml").read_text()
+    assert "./twinkly.conf:/etc/twinkly/twinkly.conf" in compose
