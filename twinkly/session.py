@@ -27,6 +27,7 @@ from twinkly.responses import (
     DESCRIBE_PORTAL,
     ResponseTracker,
 )
+from twinkly.sockets import immediate_writer
 from twinkly.wire.backend import ErrorResponse
 from twinkly.wire.framing import MessageFramer
 from twinkly.wire.frontend import CopyFail, encode
@@ -114,6 +115,9 @@ class Session:
         self._truth_framer = truth.framer
         self._target_framer = target.framer
         self.gate = PauseGate(client_transport)  # type: ignore[arg-type]
+        self._to_client = immediate_writer(client_transport)
+        self._to_truth = immediate_writer(truth.transport)
+        self._to_target = immediate_writer(target.transport)
         self._target_paused = False
         self._seq = 0  # client messages that owe a response, numbered
         self._pairing_logged = False
@@ -164,15 +168,14 @@ class Session:
                 elif type_byte == _TERMINATE:
                     terminate = True
             self._seq = seq
-        self.truth.transport.write(data)
-        target = self.target
-        if target is not None:
-            target.transport.write(data)
+        self._to_truth(data)
+        if self.target is not None:
+            self._to_target(data)
         if terminate:
             self.close(client_terminated=True)
 
     def truth_data(self, data: bytes) -> None:
-        self.client.write(data)  # type: ignore[attr-defined]
+        self._to_client(data)
         self.bytes_to_client += len(data)
         tracker = self.truth_tracker
         tracker.feed(self._truth_framer.feed(data))
