@@ -47,6 +47,7 @@ class TrackerTestCase(SynchronousTestCase):
         self.clock = FakeClock()
         self.items: list[r.Item] = []
         self.tracker = ResponseTracker(self.items.append, self.clock)
+        self.framer = MessageFramer()
         self.seq = 0
 
     def expect(self, *kinds: str) -> None:
@@ -55,7 +56,11 @@ class TrackerTestCase(SynchronousTestCase):
             self.tracker.expect(kind, self.clock.now, self.seq)
 
     def feed(self, *messages: object) -> None:
-        self.tracker.feed(framed(*messages))
+        """Raw bytes through ``receive``, cut at awkward places (inside headers,
+        inside payloads), as a socket may deliver them."""
+        data = b"".join(encode(m) for m in messages)
+        for start in range(0, len(data), 7):
+            self.tracker.receive(self.framer, data[start : start + 7])
 
     def shape(self) -> list[tuple]:
         """What was emitted, in a compact comparable form."""
@@ -438,3 +443,28 @@ class DigestTests(SynchronousTestCase):
             other = self.run_query(rows)
             self.assertNotEqual((other.rows, other.digest), (base.rows, base.digest), rows)
             self.assertNotEqual(other.digest, base.digest, rows)
+
+
+class ReceiveTests(TrackerTestCase):
+    """``receive``: the fused framing and row counting of the hot path."""
+
+    def test_one_byte_at_a_time_equals_one_read(self) -> None:
+        rows = [row(str(i).encode(), b"x" * i) for i in range(50)]
+        data = b"".join(encode(m) for m in (COLUMNS, *rows, done("SELECT 50"), ready()))
+        self.expect(r.QUERY)
+        for i in range(len(data)):
+            self.tracker.receive(self.framer, data[i : i + 1])
+        other_items: list[r.Item] = []
+        other = ResponseTracker(other_items.append, self.clock)
+        other.expect(r.QUERY, 0.0, 1)
+        other.receive(MessageFramer(), data)
+        self.assertEqual(self.shape(), [(r.QUERY, 50, "SELECT 50"), ("sync", "I")])
+        self.assertEqual(self.results()[0].digest, other_items[0].digest)
+        self.assertEqual(self.framer.buffered, 0)
+
+    def test_length_limit(self) -> None:
+        from twinkly.wire.framing import ProtocolViolation
+
+        self.expect(r.QUERY)
+        with self.assertRaises(ProtocolViolation):
+            self.tracker.receive(MessageFramer(1024), b"D\x00\x01\x00\x00")

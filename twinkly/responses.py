@@ -13,8 +13,10 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
+from struct import Struct
 
 from twinkly.wire.backend import error_fields
+from twinkly.wire.framing import MessageFramer
 
 # What a client message makes the backend owe.
 QUERY = "Q"  # any number of statement results, then ReadyForQuery
@@ -34,6 +36,7 @@ SUB_BITS = 20
 SYNC_SUB = (1 << SUB_BITS) - 1
 
 _ENDS_WITH_READY = frozenset((QUERY, SYNC, FUNCTION_CALL))
+_unpack_len = Struct("!I").unpack_from
 _DIGEST_MASK = (1 << 64) - 1
 
 # Backend message type bytes.
@@ -203,7 +206,41 @@ class ResponseTracker:
             self._skipping = False
         self._owed.append([kind, now, seq])
 
+    def receive(self, framer: MessageFramer, data: bytes) -> None:
+        """Frame raw bytes from the backend with ``framer`` and track them.
+
+        The hot path of large results: DataRows and CopyData are counted and digested
+        straight from the received buffer, with no list of messages built first.
+        """
+        joined = framer.join(data)
+        if joined is None:
+            return
+        data = joined
+        size = len(data)
+        limit = framer.limit
+        pos = 0
+        need = 5
+        current = self._current
+        while size - pos >= 5:
+            length = _unpack_len(data, pos + 1)[0]
+            if length < 4 or length > limit:
+                raise framer.length_error(data, pos, length)
+            end = pos + 1 + length
+            if end > size:
+                need = end - pos
+                break
+            type_byte = data[pos]
+            if current is not None and (type_byte == _ROW or type_byte == _COPY_DATA):
+                current.rows += 1
+                current.digest += hash(data[pos + 5 : end])
+            else:
+                self._handle(type_byte, data[pos + 5 : end])
+                current = self._current
+            pos = end
+        framer.hold(data, pos, need)
+
     def feed(self, messages: list[tuple[int, bytes]]) -> None:
+        """Track messages that were already framed."""
         for type_byte, payload in messages:
             if type_byte == _ROW or type_byte == _COPY_DATA:
                 current = self._current

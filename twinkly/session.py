@@ -29,7 +29,7 @@ from twinkly.responses import (
 )
 from twinkly.sockets import immediate_writer
 from twinkly.wire.backend import ErrorResponse
-from twinkly.wire.framing import MessageFramer
+from twinkly.wire.framing import MessageFramer, ProtocolViolation
 from twinkly.wire.frontend import CopyFail, encode
 
 log = Logger()
@@ -178,7 +178,11 @@ class Session:
         self._to_client(data)
         self.bytes_to_client += len(data)
         tracker = self.truth_tracker
-        tracker.feed(self._truth_framer.feed(data))
+        try:
+            tracker.receive(self._truth_framer, data)
+        except ProtocolViolation as e:
+            self._backend_garbled(self.truth, e)
+            return
         if self.pairer.truth_ahead > self._max_lag:
             self.gate.pause("target-lag")
         elif self.target_tracker.copy_in:
@@ -187,7 +191,11 @@ class Session:
 
     def target_data(self, data: bytes) -> None:
         tracker = self.target_tracker
-        tracker.feed(self._target_framer.feed(data))
+        try:
+            tracker.receive(self._target_framer, data)
+        except ProtocolViolation as e:
+            self._backend_garbled(self.target, e)  # type: ignore[arg-type]
+            return
         self._check_flow(tracker)
 
     def _check_flow(self, tracker: ResponseTracker) -> None:
@@ -241,6 +249,15 @@ class Session:
         self.target_tracker.copy_in = False
 
     # --- ending --------------------------------------------------------------------
+
+    def _backend_garbled(self, backend: BackendProtocol, error: ProtocolViolation) -> None:
+        """A backend sent bytes that are not the protocol: drop that connection."""
+        log.error(
+            "{backend} sent an invalid message: {error}",
+            backend=backend.config.describe(),
+            error=str(error),
+        )
+        backend.transport.abortConnection()
 
     def _backend_lost(self, backend: BackendProtocol, reason: Failure) -> None:
         if self.closed:

@@ -49,40 +49,63 @@ class MessageFramer:
         """Bytes held for an incomplete message."""
         return self._held
 
+    def join(self, data: bytes) -> bytes | None:
+        """``data`` preceded by any held bytes; None while the held message is still
+        incomplete. Callers that walk messages themselves use this with ``hold``."""
+        if not self._chunks:
+            return data
+        self._chunks.append(data)
+        self._held += len(data)
+        if self._held < self._need:
+            return None
+        data = b"".join(self._chunks)
+        self._chunks = []
+        self._held = 0
+        self._need = 0
+        return data
+
+    def hold(self, data: bytes, pos: int, need: int) -> None:
+        """Keep ``data[pos:]``, the start of a message of ``need`` bytes (5 when even
+        its header is incomplete)."""
+        if pos < len(data):
+            rest = data[pos:] if pos else data
+            self._chunks = [rest]
+            self._held = len(rest)
+            self._need = need
+
+    def length_error(self, data: bytes, pos: int, length: int) -> ProtocolViolation:
+        return ProtocolViolation(
+            f"invalid message length {length} for message type {chr(data[pos])!r}"
+            f" (limit {self._max})"
+        )
+
     def feed(self, data: bytes) -> list[tuple[int, bytes]]:
-        if self._chunks:
-            self._chunks.append(data)
-            self._held += len(data)
-            if self._held < self._need:
-                return []
-            data = b"".join(self._chunks)
-            self._chunks = []
-            self._held = 0
-            self._need = 0
+        """Every complete message in the stream so far, as ``(type, payload)``."""
+        joined = self.join(data)
+        if joined is None:
+            return []
+        data = joined
         out: list[tuple[int, bytes]] = []
         pos = 0
         size = len(data)
         limit = self._max
+        need = 5
         while size - pos >= 5:
             length = _unpack_len(data, pos + 1)[0]
             if length < 4 or length > limit:
-                raise ProtocolViolation(
-                    f"invalid message length {length} for message type {chr(data[pos])!r}"
-                    f" (limit {limit})"
-                )
+                raise self.length_error(data, pos, length)
             end = pos + 1 + length
             if end > size:
-                self._need = end - pos
+                need = end - pos
                 break
             out.append((data[pos], data[pos + 5 : end]))
             pos = end
-        if pos < size:
-            rest = data[pos:] if pos else data
-            self._chunks = [rest]
-            self._held = len(rest)
-            if self._need == 0:
-                self._need = 5
+        self.hold(data, pos, need)
         return out
+
+    @property
+    def limit(self) -> int:
+        return self._max
 
 
 class StartupFramer:
