@@ -100,7 +100,11 @@ class LoadTests(ConfigTestCase):
         self.assertEqual((proxy.tls_cert_file, proxy.tls_key_file), (None, None))
         self.assertEqual((proxy.auth.method, proxy.auth.users), ("trust", ()))
         self.assertEqual(
-            (proxy.flow.max_target_lag, proxy.flow.max_target_ahead, proxy.flow.max_held_results),
+            (
+                config.comparison.max_target_lag,
+                proxy.flow.max_target_ahead,
+                proxy.flow.max_held_results,
+            ),
             (1000, 1000, 100_000),
         )
         self.assertEqual(
@@ -122,12 +126,12 @@ class LoadTests(ConfigTestCase):
               listen-address = "0.0.0.0"
               listen-port = 0
               max-message-bytes = 1048576
-              flow { max-target-lag = 5, max-target-ahead = 6, max-held-results = 70 }
+              flow { max-target-ahead = 6, max-held-results = 70 }
               auth { method = md5, users = [{name = alice, password = "pw"}] }
               postgresql { host = db1, port = 6000, user = u, database = d, tls = prefer }
               yugabytedb { tls = verify-full, ca-file = /etc/ca.pem }
             }
-            comparison { enabled = off, source-of-truth = yugabytedb }
+            comparison { enabled = off, source-of-truth = yugabytedb, max-target-lag = 5 }
             """
         )
         self.assertEqual(config.proxy.listen_port, 0)

@@ -22,8 +22,9 @@ proxy {
   listen-port = 0
   postgresql { label = truthdb, port = 5001, user = u, password = pw, database = d }
   yugabytedb { label = targetdb, port = 5002, user = u2, password = pw2, database = d2 }
-  flow { max-target-lag = 4, max-target-ahead = 4, max-held-results = 50 }
+  flow { max-target-ahead = 4, max-held-results = 50 }
 }
+comparison.max-target-lag = 4
 """
 
 

@@ -7,6 +7,7 @@ silently ignored.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
@@ -45,8 +46,6 @@ class BackendConfig:
 
 @dataclass(frozen=True)
 class FlowConfig:
-    # Truth results the target may lag behind before the client is paused.
-    max_target_lag: int = 1000
     # Target results held ahead of the truth before the target is paused.
     max_target_ahead: int = 1000
     # Held results past which the session stops pairing instead of growing.
@@ -63,12 +62,37 @@ class ProxyConfig:
     tls_key_file: str | None = None
     auth: ClientAuthConfig = field(default_factory=ClientAuthConfig)
     flow: FlowConfig = field(default_factory=FlowConfig)
+    # Regexes: matching simple queries go to that backend only.
+    postgres_only_patterns: tuple[str, ...] = ()
+    yugabyte_only_patterns: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
 class ComparisonConfig:
     enabled: bool = True
     source_of_truth: str = "postgresql"
+    fail_on_differences: bool = False
+    log_differences_only: bool = False
+    exclude_patterns: tuple[str, ...] = ()  # regexes: run on both, never compared
+    float_tolerance: float = 1e-9
+    numeric_scale: bool = True
+    timestamptz_as_instant: bool = True
+    jsonb_key_order: bool = True
+    max_sample_rows: int = 20  # differing rows kept per event
+    max_compared_rows: int = 10_000  # rows kept per result for a value-level diff
+    max_target_lag: int = 1000  # truth results the target may lag before the client waits
+    sample_rate: float = 1.0
+
+
+@dataclass(frozen=True)
+class ReportingConfig:
+    events_file: str = "reports/twinkly-events.jsonl"
+    redact: bool = False
+
+
+@dataclass(frozen=True)
+class MonitoringConfig:
+    log_errors: bool = False
 
 
 @dataclass(frozen=True)
@@ -77,6 +101,8 @@ class Config:
     postgresql: BackendConfig
     yugabytedb: BackendConfig
     comparison: ComparisonConfig = field(default_factory=ComparisonConfig)
+    reporting: ReportingConfig = field(default_factory=ReportingConfig)
+    monitoring: MonitoringConfig = field(default_factory=MonitoringConfig)
 
     @property
     def truth(self) -> BackendConfig:
@@ -192,6 +218,34 @@ class _Section:
             return False
         raise ConfigError(f"{self._key(key)}: expected true or false, got {value!r}")
 
+    def number(self, key: str, default: float, low: float, high: float) -> float:
+        value = self._raw(key)
+        if value is None:
+            return default
+        try:
+            if isinstance(value, bool):
+                raise ValueError(value)
+            number = float(value)
+        except ValueError:
+            raise ConfigError(f"{self._key(key)}: expected a number, got {value!r}") from None
+        if not low <= number <= high:
+            raise ConfigError(f"{self._key(key)}: must be between {low} and {high}, got {number}")
+        return number
+
+    def patterns(self, key: str) -> tuple[str, ...]:
+        """A list of regexes, taken literally and compiled once to check them."""
+        out = []
+        for index, value in enumerate(self.raw_list(key)):
+            path = f"{self._key(key)}[{index}]"
+            if not isinstance(value, str):
+                raise ConfigError(f"{path}: expected a regular expression in quotes")
+            try:
+                re.compile(value)
+            except re.error as e:
+                raise ConfigError(f"{path}: invalid regular expression {value!r}: {e}") from None
+            out.append(value)
+        return tuple(out)
+
     def raw_list(self, key: str) -> list[Any]:
         value = self._raw(key)
         if value is None:
@@ -274,6 +328,7 @@ def _proxy(section: _Section) -> ProxyConfig:
     tls = section.section("tls")
     flow = section.section("flow")
     auth = section.section("auth")
+    routing = section.section("routing")
     config = ProxyConfig(
         listen_address=section.string("listen-address", "127.0.0.1"),
         listen_port=section.integer("listen-port", 5431, 0, 65535),
@@ -285,10 +340,11 @@ def _proxy(section: _Section) -> ProxyConfig:
         tls_key_file=tls.string("key-file", None),
         auth=_client_auth(auth),
         flow=FlowConfig(
-            max_target_lag=flow.integer("max-target-lag", 1000, 1, 10_000_000),
             max_target_ahead=flow.integer("max-target-ahead", 1000, 1, 10_000_000),
             max_held_results=flow.integer("max-held-results", 100_000, 10, 100_000_000),
         ),
+        postgres_only_patterns=routing.patterns("postgres-only-patterns"),
+        yugabyte_only_patterns=routing.patterns("yugabyte-only-patterns"),
     )
     if bool(config.tls_cert_file) != bool(config.tls_key_file):
         raise ConfigError("proxy.tls: cert-file and key-file must be given together")
@@ -298,6 +354,7 @@ def _proxy(section: _Section) -> ProxyConfig:
             raise ConfigError(f"proxy.tls.{key}: no such file: {value}")
     tls.finish()
     flow.finish()
+    routing.finish()
     section.finish()
     return config
 
@@ -308,19 +365,52 @@ def from_tree(tree: ConfigTree) -> Config:
     postgresql = _backend(proxy_section.section("postgresql"), "postgresql", 5432)
     yugabytedb = _backend(proxy_section.section("yugabytedb"), "yugabytedb", 5433)
     proxy = _proxy(proxy_section)
-    comparison_section = root.section("comparison")
-    comparison = ComparisonConfig(
-        enabled=comparison_section.boolean("enabled", True),
-        source_of_truth=comparison_section.string("source-of-truth", "postgresql", BACKEND_KEYS),
+    comparison = _comparison(root.section("comparison"))
+    reporting_section = root.section("reporting")
+    reporting = ReportingConfig(
+        events_file=reporting_section.string("events-file", ReportingConfig.events_file),
+        redact=reporting_section.boolean("redact", False),
     )
-    comparison_section.finish()
+    reporting_section.finish()
+    monitoring_section = root.section("monitoring")
+    monitoring = MonitoringConfig(log_errors=monitoring_section.boolean("log-errors", False))
+    monitoring_section.finish()
     root.finish()
     if (postgresql.host, postgresql.port) == (yugabytedb.host, yugabytedb.port):
         raise ConfigError(
             "proxy.yugabytedb.port: both backends point at the same server"
             f" {postgresql.host}:{postgresql.port}"
         )
-    return Config(proxy=proxy, postgresql=postgresql, yugabytedb=yugabytedb, comparison=comparison)
+    return Config(
+        proxy=proxy,
+        postgresql=postgresql,
+        yugabytedb=yugabytedb,
+        comparison=comparison,
+        reporting=reporting,
+        monitoring=monitoring,
+    )
+
+
+def _comparison(section: _Section) -> ComparisonConfig:
+    normalize = section.section("normalize")
+    config = ComparisonConfig(
+        enabled=section.boolean("enabled", True),
+        source_of_truth=section.string("source-of-truth", "postgresql", BACKEND_KEYS),
+        fail_on_differences=section.boolean("fail-on-differences", False),
+        log_differences_only=section.boolean("log-differences-only", False),
+        exclude_patterns=section.patterns("exclude-patterns"),
+        float_tolerance=section.number("float-tolerance", 1e-9, 0.0, 1.0),
+        numeric_scale=normalize.boolean("numeric-scale", True),
+        timestamptz_as_instant=normalize.boolean("timestamptz-as-instant", True),
+        jsonb_key_order=normalize.boolean("jsonb-key-order", True),
+        max_sample_rows=section.integer("max-sample-rows", 20, 0, 10_000),
+        max_compared_rows=section.integer("max-compared-rows", 10_000, 0, 10_000_000),
+        max_target_lag=section.integer("max-target-lag", 1000, 1, 10_000_000),
+        sample_rate=section.number("sample-rate", 1.0, 0.0, 1.0),
+    )
+    normalize.finish()
+    section.finish()
+    return config
 
 
 def load(path: str | Path) -> Config:

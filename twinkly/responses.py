@@ -95,6 +95,7 @@ class StatementResult:
 
     __slots__ = (
         "columns",
+        "context",
         "copy",
         "digest",
         "empty",
@@ -104,14 +105,19 @@ class StatementResult:
         "parameter_types",
         "request",
         "rows",
+        "sample",
         "started",
         "suspended",
         "tag",
     )
 
-    def __init__(self, request: str, started: float, key: int = 0) -> None:
+    def __init__(
+        self, request: str, started: float, key: int = 0, context: tuple | None = None
+    ) -> None:
         self.request = request
         self.key = key  # which client message (and statement) this answers
+        self.context = context  # (SQL text, raw Bind payload or None), when known
+        self.sample: list[bytes] | None = [] if context is not None else None
         self.started = started
         self.finished = started
         self.columns: bytes | None = None
@@ -182,6 +188,8 @@ class ResponseTracker:
         self.lost_track: str | None = None  # why results can no longer be trusted
         self.parameters: dict[bytes, bytes] = {}
         self.on_copy_in: Callable[[], None] | None = None
+        # Rows kept per result for a value-level comparison; past it, digest only.
+        self.sample_rows = 0
 
     @property
     def owed(self) -> int:
@@ -192,9 +200,9 @@ class ResponseTracker:
         """The result being received right now, if any."""
         return self._current
 
-    def expect(self, kind: str, now: float, seq: int = 0) -> None:
+    def expect(self, kind: str, now: float, seq: int = 0, context: tuple | None = None) -> None:
         """The client sent message number ``seq``, for which this backend now owes
-        ``kind``."""
+        ``kind``; ``context`` (the SQL, the Bind) travels with the result."""
         if self._copy_in_syncs:
             if kind == SYNC:
                 return  # the backend ignores Sync during COPY FROM STDIN
@@ -204,7 +212,7 @@ class ResponseTracker:
             if kind != SYNC:
                 return
             self._skipping = False
-        self._owed.append([kind, now, seq])
+        self._owed.append([kind, now, seq, context])
 
     def receive(self, framer: MessageFramer, data: bytes) -> None:
         """Frame raw bytes from the backend with ``framer`` and track them.
@@ -231,8 +239,15 @@ class ResponseTracker:
                 break
             type_byte = data[pos]
             if current is not None and (type_byte == _ROW or type_byte == _COPY_DATA):
+                row = data[pos + 5 : end]
                 current.rows += 1
-                current.digest += hash(data[pos + 5 : end])
+                current.digest += hash(row)
+                sample = current.sample
+                if sample is not None:
+                    if current.rows <= self.sample_rows:
+                        sample.append(row)
+                    else:
+                        current.sample = None
             else:
                 self._handle(type_byte, data[pos + 5 : end])
                 current = self._current
@@ -242,12 +257,6 @@ class ResponseTracker:
     def feed(self, messages: list[tuple[int, bytes]]) -> None:
         """Track messages that were already framed."""
         for type_byte, payload in messages:
-            if type_byte == _ROW or type_byte == _COPY_DATA:
-                current = self._current
-                if current is not None:
-                    current.rows += 1
-                    current.digest += hash(payload)
-                    continue
             self._handle(type_byte, payload)
 
     # --- the state machine -------------------------------------------------------
@@ -265,7 +274,7 @@ class ResponseTracker:
             if head is None:
                 return None
             self._current = StatementResult(
-                head[0], head[1], (head[2] << SUB_BITS) | self._statement
+                head[0], head[1], (head[2] << SUB_BITS) | self._statement, head[3]
             )
         return self._current
 
@@ -336,8 +345,14 @@ class ResponseTracker:
             result.digest = hash(payload)
             self._finish(pop=False)
         elif type_byte == _ROW or type_byte == _COPY_DATA:
-            result.rows += 1  # first row of a result that had no header (e.g. Execute)
+            # Rows arriving through ``feed``; ``receive`` counts them inline, the same way.
+            result.rows += 1
             result.digest += hash(payload)
+            if result.sample is not None:
+                if result.rows <= self.sample_rows:
+                    result.sample.append(payload)
+                else:
+                    result.sample = None
         else:
             self._lose_track(f"unexpected message {chr(type_byte)!r} for request {kind}")
 

@@ -14,6 +14,8 @@ are only framed and tracked. Flow control is Twisted's producer/consumer:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -28,14 +30,17 @@ from twinkly.responses import (
     ResponseTracker,
 )
 from twinkly.sockets import immediate_writer
+from twinkly.statements import ClientContexts
 from twinkly.wire.backend import ErrorResponse
+from twinkly.wire.buffers import tagged
 from twinkly.wire.framing import MessageFramer, ProtocolViolation
-from twinkly.wire.frontend import CopyFail, encode
+from twinkly.wire.frontend import CopyFail, Query, encode
 
 log = Logger()
 
 _TERMINATE = ord("X")
 _DESCRIBE = ord("D")
+_QUERY = ord("Q")
 
 
 class PauseGate:
@@ -105,7 +110,7 @@ class Session:
         self._on_close = on_close
         self._now = clock.seconds
         flow = config.proxy.flow
-        self._max_lag = flow.max_target_lag
+        self._max_lag = config.comparison.max_target_lag
         self._max_ahead = flow.max_target_ahead
         self.pairer = Pairer(observer, flow.max_held_results)
         self.truth_tracker = ResponseTracker(self.pairer.add_truth, self._now)
@@ -119,6 +124,8 @@ class Session:
         self._to_truth = immediate_writer(truth.transport)
         self._to_target = immediate_writer(target.transport)
         self._target_paused = False
+        self.contexts: ClientContexts | None = None  # set when results are compared
+        self.analyze: Callable[[str], tuple] | None = None
         self._seq = 0  # client messages that owe a response, numbered
         self._pairing_logged = False
         self.closed = False
@@ -157,22 +164,52 @@ class Session:
             truth_expect = self.truth_tracker.expect
             target_expect = self.target_tracker.expect
             seq = self._seq
+            contexts = self.contexts
             for type_byte, payload in messages:
                 kind = CLIENT_EXPECTATIONS.get(type_byte)
                 if kind is not None:
                     if type_byte == _DESCRIBE and payload[:1] == b"P":
                         kind = DESCRIBE_PORTAL
                     seq += 1
-                    truth_expect(kind, now, seq)
-                    target_expect(kind, now, seq)
+                    context = contexts.context(type_byte, payload) if contexts else None
+                    truth_expect(kind, now, seq, context)
+                    target_expect(kind, now, seq, context)
                 elif type_byte == _TERMINATE:
                     terminate = True
             self._seq = seq
         self._to_truth(data)
         if self.target is not None:
+            if self.truth_tracker.status == "E" and self.analyze is not None:
+                data = self._commit_becomes_rollback(data, messages)
             self._to_target(data)
         if terminate:
             self.close(client_terminated=True)
+
+    def _commit_becomes_rollback(self, data: bytes, messages: list[tuple[int, bytes]]) -> bytes:
+        """The truth's transaction has failed, so the client's COMMIT will roll it back
+        there; send the target ROLLBACK so that its transaction ends the same way.
+
+        Only whole simple-query messages are rewritten (COMMIT is sent alone and small);
+        a rewrite is not attempted when the chunk holds part of a message."""
+        if self._client_framer.buffered or sum(5 + len(p) for _, p in messages) != len(data):
+            return data
+        changed = False
+        out = []
+        for type_byte, payload in messages:
+            if type_byte == _QUERY:
+                infos = self.analyze(payload[:-1].decode("utf-8", "replace"))  # type: ignore[misc]
+                if len(infos) == 1 and infos[0].transaction == "commit":
+                    out.append(encode(Query("ROLLBACK")))
+                    changed = True
+                    continue
+            out.append(tagged(bytes((type_byte,)), payload))
+        if changed:
+            log.info(
+                "session {pid}: the source of truth's transaction failed; the target's"
+                " COMMIT is sent as ROLLBACK",
+                pid=self.process_id,
+            )
+        return b"".join(out) if changed else data
 
     def truth_data(self, data: bytes) -> None:
         self._to_client(data)
