@@ -119,12 +119,21 @@ class BackendProtocol(Protocol):
             on_lost, self.on_lost = self.on_lost, None
             on_lost(self, reason)
 
-    def terminate(self, send: bool = True) -> None:
-        """Say goodbye politely (unless already said), then close."""
+    def terminate(self, send: bool = True, drain: float = 0.0) -> None:
+        """Say goodbye politely (unless already said), then close.
+
+        With ``drain``, the connection stays open for up to that many seconds so that
+        responses still owed arrive (and get compared): the server answers everything
+        sent before the Terminate, then closes the connection itself."""
         self.on_lost = None
-        if self.transport is not None and self.transport.connected:
-            if send:
-                self.transport.write(encode(Terminate()))
+        if self.transport is None or not self.transport.connected:
+            return
+        if send:
+            self.transport.write(encode(Terminate()))
+        if drain > 0:
+            self.transport.resumeProducing()
+            self._timeout = self.clock.callLater(drain, self.transport.abortConnection)
+        else:
             self.transport.loseConnection()
 
     def _cancel_timeout(self) -> None:

@@ -65,6 +65,7 @@ class Pairer:
 
     def __init__(self, observer: IPairObserver, max_held: int = 10000) -> None:
         self._observer = observer
+        self.observer = observer
         self._max_held = max_held
         self._truth: deque[Item] = deque()
         self._target: deque[Item] = deque()

@@ -19,9 +19,12 @@ from twisted.python.failure import Failure
 
 from twinkly.auth import AuthenticationFailed, ClientAuthenticator, authentication_ok
 from twinkly.backend import BackendProtocol, connect_backend, startup_parameters
+from twinkly.compare.comparator import Comparator
+from twinkly.compare.monitor import Monitor
 from twinkly.config import Config
 from twinkly.pairing import IPairObserver, PairCounter
 from twinkly.session import Session
+from twinkly.statements import ClientContexts
 from twinkly.wire.backend import BackendKeyData, ErrorResponse, NegotiateProtocolVersion
 from twinkly.wire.framing import MessageFramer, ProtocolViolation, StartupFramer
 from twinkly.wire.frontend import (
@@ -211,10 +214,12 @@ class ProxyFactory(Factory):
         config: Config,
         reactor: object,
         observer_factory: Callable[[], IPairObserver] = PairCounter,
+        monitor: Monitor | None = None,
     ) -> None:
         self.config = config
         self.reactor = reactor
         self.observer_factory = observer_factory
+        self.monitor = monitor if config.comparison.enabled else None
         self.clients: set[ClientProtocol] = set()
         self.sessions: dict[int, tuple[bytes, Session]] = {}
         self.tls_options = _server_tls_options(config)
@@ -257,15 +262,27 @@ class ProxyFactory(Factory):
     def new_session(
         self, transport: object, truth: BackendProtocol, target: BackendProtocol
     ) -> Session:
-        return Session(
+        monitor = self.monitor
+        observer: IPairObserver
+        if monitor is not None:
+            observer = Comparator(monitor, None, self.reactor.seconds)  # type: ignore[attr-defined]
+        else:
+            observer = self.observer_factory()
+        session = Session(
             transport,
             truth,
             target,
             self.config,
-            self.observer_factory(),
+            observer,
             self.reactor,  # type: ignore[arg-type]
             on_close=self.unregister,
         )
+        if monitor is not None:
+            session.contexts = ClientContexts()
+            session.analyze = monitor.cache.get
+            rows = monitor.settings.max_compared_rows
+            session.truth_tracker.sample_rows = session.target_tracker.sample_rows = rows
+        return session
 
     def register(self, session: Session) -> BackendKeyData:
         """Give the session Twinkly's own cancel key."""
@@ -276,6 +293,8 @@ class ProxyFactory(Factory):
         secret = os.urandom(4)
         self.sessions[process_id] = (secret, session)
         session.process_id = process_id
+        if isinstance(session.pairer.observer, Comparator):
+            session.pairer.observer.session_id = process_id
         return BackendKeyData(process_id, secret)
 
     def unregister(self, session: Session) -> None:

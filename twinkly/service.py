@@ -77,6 +77,14 @@ class ProxyService(Service):
             yield _sleep(self.reactor, 1.0)
             for client in list(clients):
                 client.transport.abortConnection()
+        monitor = self.factory.monitor
+        if monitor is not None:
+            log.info(
+                "comparison totals: {outcomes}; events written: {events}",
+                outcomes=dict(monitor.outcomes),
+                events=dict(monitor.events),
+            )
+            yield monitor.sink.close()
 
 
 def _sleep(reactor: object, seconds: float) -> defer.Deferred:

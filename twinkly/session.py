@@ -34,13 +34,17 @@ from twinkly.statements import ClientContexts
 from twinkly.wire.backend import ErrorResponse
 from twinkly.wire.buffers import tagged
 from twinkly.wire.framing import MessageFramer, ProtocolViolation
-from twinkly.wire.frontend import CopyFail, Query, encode
+from twinkly.wire.frontend import CopyFail, Parse, Query, encode
 
 log = Logger()
 
 _TERMINATE = ord("X")
 _DESCRIBE = ord("D")
 _QUERY = ord("Q")
+_PARSE = ord("P")
+
+
+DRAIN_SECONDS = 30.0  # how long a closed session waits for a backend's owed answers
 
 
 class PauseGate:
@@ -196,13 +200,19 @@ class Session:
         changed = False
         out = []
         for type_byte, payload in messages:
-            if type_byte == _QUERY:
-                infos = self.analyze(payload[:-1].decode("utf-8", "replace"))  # type: ignore[misc]
-                if len(infos) == 1 and infos[0].transaction == "commit":
-                    out.append(encode(Query("ROLLBACK")))
+            if type_byte == _QUERY and self._is_commit(payload[:-1]):
+                out.append(encode(Query("ROLLBACK")))
+                changed = True
+            elif type_byte == _PARSE:
+                name_end = payload.find(0)
+                if self._is_commit(payload[name_end + 1 : payload.find(0, name_end + 1)]):
+                    name = payload[:name_end].decode("utf-8", "replace")
+                    out.append(encode(Parse(name, "ROLLBACK")))
                     changed = True
-                    continue
-            out.append(tagged(bytes((type_byte,)), payload))
+                else:
+                    out.append(tagged(b"P", payload))
+            else:
+                out.append(tagged(bytes((type_byte,)), payload))
         if changed:
             log.info(
                 "session {pid}: the source of truth's transaction failed; the target's"
@@ -210,6 +220,10 @@ class Session:
                 pid=self.process_id,
             )
         return b"".join(out) if changed else data
+
+    def _is_commit(self, sql: bytes) -> bool:
+        infos = self.analyze(sql.decode("utf-8", "replace"))  # type: ignore[misc]
+        return len(infos) == 1 and infos[0].transaction == "commit"
 
     def truth_data(self, data: bytes) -> None:
         self._to_client(data)
@@ -330,9 +344,15 @@ class Session:
         if self.closed:
             return
         self.closed = True
-        for backend in (self.truth, self.target):
+        self.gate.resume("target-lag")
+        for backend, tracker in (
+            (self.truth, self.truth_tracker),
+            (self.target, self.target_tracker),
+        ):
             if backend is not None:
-                backend.terminate(send=not client_terminated)
+                # A backend that still owes answers is drained so they get compared.
+                drain = DRAIN_SECONDS if tracker.owed and self.pairer.abandoned is None else 0.0
+                backend.terminate(send=not client_terminated, drain=drain)
         self.client.loseConnection()  # type: ignore[attr-defined]
         if self._on_close is not None:
             self._on_close(self)  # type: ignore[operator]

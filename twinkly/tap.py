@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import re
+
 from twisted.application.service import MultiService
 from twisted.python import usage
 
-from twinkly.config import ConfigError, load
+from twinkly.compare.monitor import ComparisonSettings, Monitor
+from twinkly.config import Config, ConfigError, load
 
 
 def _listen(value: str) -> tuple[str, int]:
@@ -54,6 +57,35 @@ def makeService(options: Options) -> MultiService:
     from twinkly.service import ProxyService
 
     config = options["parsed"]
+    monitor = build_monitor(config, reactor)
     top = MultiService()
-    ProxyService(ProxyFactory(config, reactor), reactor).setServiceParent(top)
+    factory = ProxyFactory(config, reactor, monitor=monitor)
+    ProxyService(factory, reactor).setServiceParent(top)
     return top
+
+
+def build_monitor(config: Config, reactor: object) -> Monitor:
+    """The comparison state shared by all sessions, with its events file."""
+    from twinkly.compare.values import NormalizationRules
+    from twinkly.report.sink import JsonLinesSink
+
+    comparison = config.comparison
+    settings = ComparisonSettings(
+        enabled=comparison.enabled,
+        fail_on_differences=comparison.fail_on_differences,
+        log_differences_only=comparison.log_differences_only,
+        exclude_patterns=tuple(re.compile(p) for p in comparison.exclude_patterns),
+        rules=NormalizationRules(
+            float_tolerance=comparison.float_tolerance,
+            numeric_scale=comparison.numeric_scale,
+            timestamptz_as_instant=comparison.timestamptz_as_instant,
+            jsonb_key_order=comparison.jsonb_key_order,
+        ),
+        max_sample_rows=comparison.max_sample_rows,
+        max_compared_rows=comparison.max_compared_rows,
+        sample_rate=comparison.sample_rate,
+        log_errors=config.monitoring.log_errors,
+        redact=config.reporting.redact,
+    )
+    sink = JsonLinesSink(config.reporting.events_file, reactor)
+    return Monitor(settings, sink, (config.truth.label, config.target.label))

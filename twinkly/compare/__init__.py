@@ -1,0 +1,1 @@
+"""Comparing the answers of the source of truth and the target: values, rows and SQL."""

@@ -1,0 +1,288 @@
+"""One session's comparator: paired results in, verdicts and events out.
+
+The order of the checks follows what matters most to a user: a statement that failed on
+one database only (a write lost on the other) first, then different columns, different
+command tags (``UPDATE 3`` vs ``UPDATE 2``), then the rows themselves. Rows are compared
+by digest first; only results whose digests differ are decoded, normalised by type and
+diffed, and only when both sides kept all their rows (``max_compared_rows``).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from twinkly.compare.monitor import Monitor
+from twinkly.compare.rows import Ordering, compare_columns, compare_rows
+from twinkly.compare.sql import StatementInfo
+from twinkly.compare.values import decode_columns
+from twinkly.pairing import IPairObserver
+from twinkly.report.events import make_event
+from twinkly.responses import SUB_BITS, SYNC_SUB, StatementResult, SyncPoint
+
+log = Logger()
+
+_SUB_MASK = SYNC_SUB
+_NO_SQL = StatementInfo.__new__(StatementInfo)  # placeholder, replaced in _info
+
+
+def summary(result: StatementResult, label: str) -> dict:
+    """How one backend answered, for an event."""
+    return {
+        "label": label,
+        "rows": result.rows,
+        "digest": f"{result.digest:016x}",
+        "tag": result.command_tag,
+        "sqlstate": result.sqlstate,
+        "message": result.error_message,
+        "elapsed_ms": round(result.elapsed * 1000, 3),
+    }
+
+
+@implementer(IPairObserver)
+class Comparator:
+    """Judges each pair of results of one session and writes an event per divergence."""
+
+    def __init__(
+        self, monitor: Monitor, session_id: int | None, clock: Callable[[], float]
+    ) -> None:
+        self.monitor = monitor
+        self.session_id = session_id
+        self.clock = clock
+        self.last_event: dict | None = None
+        self._in_transaction = False
+        self._target_lost_transaction: str | None = None  # id of the event that caused it
+        self._last_divergence: str | None = None
+        self._truth_last_tag: bytes | None = None
+        self._random = random.Random()
+
+    # --- IPairObserver --------------------------------------------------------------
+
+    def statements_paired(self, truth: StatementResult, target: StatementResult) -> None:
+        self._truth_last_tag = truth.tag
+        monitor = self.monitor
+        if self._target_lost_transaction is not None:
+            monitor.count("skipped")  # no cascade of 25P02 errors
+            return
+        info = self._info(truth)
+        settings = monitor.settings
+        if info is not None and settings.excluded(info.sql):
+            monitor.count("excluded")
+            return
+        if settings.sample_rate < 1.0 and self._random.random() >= settings.sample_rate:
+            monitor.count("sampled_out")
+            return
+        self._judge(truth, target, info)
+
+    def statement_unpaired(self, result: StatementResult, side: str) -> None:
+        if side == "truth":
+            self._truth_last_tag = result.tag
+        self.monitor.count("skipped")
+
+    def sync_paired(self, truth: SyncPoint, target: SyncPoint) -> None:
+        if truth.status == "T" and target.status == "E" and self._target_lost_transaction is None:
+            self._target_lost_transaction = self._last_divergence or ""
+        elif truth.status == "I" and self._target_lost_transaction is not None:
+            if self._truth_last_tag == b"COMMIT":
+                self._emit(
+                    "transaction_divergence",
+                    statement="COMMIT",
+                    fingerprint=None,
+                    truth=None,
+                    target=None,
+                    caused_by=self._target_lost_transaction or None,
+                    reason="the target lost a transaction that the source of truth committed",
+                )
+            self._target_lost_transaction = None
+        self._in_transaction = truth.status != "I"
+
+    def pairing_abandoned(self, reason: str) -> None:
+        log.warn(
+            "session {session}: comparison stopped: {reason}",
+            session=self.session_id,
+            reason=reason,
+        )
+        self.monitor.count("dropped")
+
+    # --- judging --------------------------------------------------------------------
+
+    def _info(self, result: StatementResult) -> StatementInfo | None:
+        context = result.context
+        if context is None:
+            return None
+        infos = self.monitor.cache.get(context[0])
+        if not infos:
+            return None
+        index = result.key & _SUB_MASK if result.request == "Q" else 0
+        return infos[min(index, len(infos) - 1)]
+
+    def _judge(
+        self, truth: StatementResult, target: StatementResult, info: StatementInfo | None
+    ) -> None:
+        monitor = self.monitor
+        if truth.error is not None or target.error is not None:
+            if truth.error is not None and target.error is not None:
+                if truth.sqlstate == target.sqlstate:
+                    monitor.count("matched")
+                    return
+                reason = "both failed, with different SQLSTATEs"
+            else:
+                failed = monitor.truth_label if truth.error is not None else monitor.target_label
+                reason = f"only {failed} failed"
+            event = self._mismatch("error_divergence", truth, target, info, reason=reason)
+            self._last_divergence = event["id"]
+            if info is not None and info.writes:
+                monitor.taint(info.writes, event["id"])
+            return
+        if truth.columns != target.columns:
+            problems = compare_columns(
+                decode_columns(truth.columns or b"\0\0"), decode_columns(target.columns or b"\0\0")
+            )
+            if problems:
+                self._mismatch("column_mismatch", truth, target, info, differences=problems)
+                return
+        if truth.columns is None and truth.tag != target.tag:
+            event = self._mismatch(
+                "tag_mismatch", truth, target, info, reason="the command tags differ"
+            )
+            if info is not None and info.writes:
+                self._last_divergence = event["id"]
+                monitor.taint(info.writes, event["id"])
+            return
+        if truth.rows == target.rows and truth.digest == target.digest:
+            monitor.count("matched")
+            return
+        self._judge_rows(truth, target, info)
+
+    def _judge_rows(
+        self, truth: StatementResult, target: StatementResult, info: StatementInfo | None
+    ) -> None:
+        monitor = self.monitor
+        settings = monitor.settings
+        differences: list = []
+        differing = abs(truth.rows - target.rows)
+        complete = truth.sample is not None and target.sample is not None
+        if complete and truth.columns is not None:
+            columns = decode_columns(truth.columns)
+            ordering = Ordering(
+                ordered=bool(info and info.ordered),
+                order_columns=info.order_columns if info else None,
+                limited=bool(info and (info.limited or info.distinct_on)),
+            )
+            verdict = compare_rows(
+                columns,
+                truth.sample,  # type: ignore[arg-type]
+                decode_columns(target.columns or b"\0\0"),
+                target.sample,  # type: ignore[arg-type]
+                ordering,
+                settings.rules,
+                settings.max_sample_rows,
+            )
+            if verdict.equal:
+                monitor.count("matched")  # equal once normalised by type
+                return
+            differences = [_difference(d) for d in verdict.differences]
+            differing = verdict.differing_rows
+            if verdict.nondeterministic:
+                self._benign(
+                    "nondeterministic", truth, target, info, verdict.nondeterministic, differences
+                )
+                return
+        noise = _noise_reason(info)
+        if noise is not None:
+            self._benign("noise", truth, target, info, noise, differences)
+            return
+        reason = f"{differing} rows differ" if differing else "the rows differ"
+        if not complete:
+            reason += (
+                f" (result larger than {settings.max_compared_rows} rows:"
+                " compared by count and digest only)"
+            )
+        self._mismatch(
+            "result_mismatch", truth, target, info, differences=differences, reason=reason
+        )
+
+    # --- events ---------------------------------------------------------------------
+
+    def _benign(self, kind: str, truth, target, info, reason: str, differences: list) -> None:
+        self.monitor.count(kind)
+        if self.monitor.settings.log_differences_only:
+            self.monitor.events[kind] += 1
+            return
+        self._event(kind, truth, target, info, reason=reason, differences=differences)
+
+    def _mismatch(self, kind: str, truth, target, info, **fields: object) -> dict:
+        self.monitor.count("mismatched")
+        caused_by = self.monitor.cause_of(info.reads) if info is not None else None
+        return self._event(kind, truth, target, info, caused_by=caused_by, **fields)
+
+    def _event(self, kind: str, truth, target, info, **fields: object) -> dict:
+        monitor = self.monitor
+        return self._emit(
+            kind,
+            statement=_statement_text(info, truth, monitor.settings.redact),
+            fingerprint=info.fingerprint if info is not None else None,
+            truth=summary(truth, monitor.truth_label),
+            target=summary(target, monitor.target_label),
+            parameters=None if monitor.settings.redact else _parameters(truth),
+            **fields,
+        )
+
+    def _emit(self, kind: str, **fields: object) -> dict:
+        event = make_event(
+            kind,
+            now=self.clock(),
+            session=self.session_id,
+            in_transaction=self._in_transaction,
+            **fields,  # type: ignore[arg-type]
+        )
+        self.monitor.events[kind] += 1
+        self.monitor.sink.emit(event)
+        self.last_event = event
+        return event
+
+
+def _noise_reason(info: StatementInfo | None) -> str | None:
+    if info is None:
+        return None
+    if info.volatile:
+        return "calls volatile functions: " + ", ".join(info.volatile)
+    if info.server_identity:
+        return "reads server identity: " + ", ".join(info.server_identity)
+    return None
+
+
+def _statement_text(info: StatementInfo | None, result: StatementResult, redact: bool) -> str:
+    if info is not None:
+        return info.redacted if redact else info.sql
+    return result.context[0] if result.context else "<unknown>"
+
+
+def _parameters(result: StatementResult) -> list | None:
+    context = result.context
+    if context is None or context[1] is None:
+        return None
+    from twinkly.wire.buffers import Reader
+    from twinkly.wire.frontend import Bind
+
+    try:
+        bind = Bind.read(Reader(context[1]))
+    except Exception:
+        return None
+    return [None if p is None else p.decode("utf-8", "replace") for p in bind.parameters[:50]]
+
+
+def _difference(difference: object) -> dict:
+    return {
+        "kind": difference.kind,  # type: ignore[attr-defined]
+        "position": difference.position,  # type: ignore[attr-defined]
+        "truth": difference.truth,  # type: ignore[attr-defined]
+        "target": difference.target,  # type: ignore[attr-defined]
+        "columns": list(difference.columns),  # type: ignore[attr-defined]
+    }
+
+
+__all__ = ["SUB_BITS", "Comparator", "summary"]

@@ -1,0 +1,73 @@
+"""What all sessions share when comparing: settings, the parse cache, the event sink,
+the tables tainted by diverging writes, and the counters that keep outcomes apart."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+
+from twinkly.compare.sql import StatementCache
+from twinkly.compare.values import NormalizationRules
+from twinkly.report.sink import IEventSink
+
+# Every compared statement ends in exactly one of these, so metrics never lie:
+# an ignored mismatch is not a match, and dropped work is counted.
+OUTCOMES = (
+    "matched",  # equal (possibly after type-aware normalisation)
+    "mismatched",  # a real difference: an event was written
+    "noise",  # different, explained by volatile functions or server identity
+    "nondeterministic",  # different, and the SQL does not fix the answer
+    "excluded",  # matched an exclude pattern: run on both, not compared
+    "sampled_out",  # left out by comparison.sample-rate
+    "skipped",  # not comparable: the target lost the transaction, or one side only
+    "dropped",  # pairing was abandoned (caps, lost streams)
+)
+
+
+@dataclass(frozen=True)
+class ComparisonSettings:
+    enabled: bool = True
+    fail_on_differences: bool = False
+    log_differences_only: bool = False
+    exclude_patterns: tuple[re.Pattern[str], ...] = ()
+    rules: NormalizationRules = field(default_factory=NormalizationRules)
+    max_sample_rows: int = 20
+    max_compared_rows: int = 10_000  # rows kept per result for a value-level diff
+    sample_rate: float = 1.0
+    log_errors: bool = False
+    redact: bool = False
+
+    def excluded(self, sql: str) -> bool:
+        return any(p.search(sql) for p in self.exclude_patterns)
+
+
+class Monitor:
+    """Shared by every session of one proxy."""
+
+    def __init__(
+        self,
+        settings: ComparisonSettings,
+        sink: IEventSink,
+        labels: tuple[str, str],
+        cache: StatementCache | None = None,
+    ) -> None:
+        self.settings = settings
+        self.sink = sink
+        self.truth_label, self.target_label = labels
+        self.cache = cache or StatementCache()
+        self.outcomes: Counter[str] = Counter({o: 0 for o in OUTCOMES})
+        self.events: Counter[str] = Counter()
+        self.tainted: dict[str, str] = {}  # table -> id of the first diverging write
+
+    def count(self, outcome: str, n: int = 1) -> None:
+        self.outcomes[outcome] += n
+
+    def taint(self, tables: frozenset[str], event_id: str) -> None:
+        for table in tables:
+            self.tainted.setdefault(table, event_id)
+
+    def cause_of(self, tables: frozenset[str]) -> str | None:
+        """The first diverging write to any of ``tables``, if one is known."""
+        causes = [self.tainted[t] for t in tables if t in self.tainted]
+        return min(causes) if causes else None  # ids sort by time: the earliest
