@@ -9,6 +9,7 @@ the registry of live sessions and their cancel keys.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from collections.abc import Callable
 
@@ -223,6 +224,7 @@ class ProxyFactory(Factory):
         self.clients: set[ClientProtocol] = set()
         self.sessions: dict[int, tuple[bytes, Session]] = {}
         self.tls_options = _server_tls_options(config)
+        self.router = make_router(config)
 
     def buildProtocol(self, addr: object) -> ClientProtocol:
         return ClientProtocol(self)
@@ -277,6 +279,7 @@ class ProxyFactory(Factory):
             self.reactor,  # type: ignore[arg-type]
             on_close=self.unregister,
         )
+        session.router = self.router
         if monitor is not None:
             session.contexts = ClientContexts()
             session.analyze = monitor.cache.get
@@ -308,6 +311,23 @@ class ProxyFactory(Factory):
             log.info("ignoring cancel request with an unknown key")
             return
         entry[1].cancel(self.reactor)
+
+
+def make_router(config: Config) -> Callable[[str], str | None] | None:
+    """sql -> the backend ("postgresql" or "yugabytedb") it must run on alone, or None."""
+    routes = [(re.compile(p), "postgresql") for p in config.proxy.postgres_only_patterns] + [
+        (re.compile(p), "yugabytedb") for p in config.proxy.yugabyte_only_patterns
+    ]
+    if not routes:
+        return None
+
+    def route(sql: str) -> str | None:
+        for pattern, backend in routes:
+            if pattern.search(sql):
+                return backend
+        return None
+
+    return route
 
 
 def _server_tls_options(config: Config) -> ssl.CertificateOptions | None:

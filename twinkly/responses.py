@@ -95,6 +95,7 @@ class StatementResult:
 
     __slots__ = (
         "columns",
+        "columns_described",
         "context",
         "copy",
         "digest",
@@ -121,6 +122,9 @@ class StatementResult:
         self.started = started
         self.finished = started
         self.columns: bytes | None = None
+        # True when ``columns`` came from an earlier Describe (an Execute's rows carry
+        # no RowDescription of their own): for decoding rows, not for comparing columns.
+        self.columns_described = False
         self.parameter_types: bytes | None = None
         self.rows = 0
         self.digest = 0
@@ -181,6 +185,7 @@ class ResponseTracker:
         self._owed: deque[list] = deque()  # [kind, time sent, client message seq]
         self._current: StatementResult | None = None
         self._statement = 0  # statement number within the current simple query
+        self._described: tuple[str | None, bytes] | None = None  # (SQL, RowDescription)
         self._skipping = False  # after an extended-protocol error, until Sync
         self._copy_in_syncs = False  # in an extended COPY FROM STDIN: Syncs are ignored
         self.status = "I"
@@ -273,9 +278,15 @@ class ResponseTracker:
             head = self._head()
             if head is None:
                 return None
-            self._current = StatementResult(
+            result = StatementResult(
                 head[0], head[1], (head[2] << SUB_BITS) | self._statement, head[3]
             )
+            described = self._described
+            if head[0] == EXECUTE and described is not None and head[3] is not None:
+                if head[3][0] == described[0]:
+                    result.columns = described[1]
+                    result.columns_described = True
+            self._current = result
         return self._current
 
     def _finish(self, pop: bool) -> None:
@@ -316,6 +327,8 @@ class ResponseTracker:
         elif type_byte == _ROW_DESCRIPTION:
             result.columns = payload
             if kind == DESCRIBE_STATEMENT or kind == DESCRIBE_PORTAL:
+                context = result.context
+                self._described = (context[0] if context else None, payload)
                 self._finish(pop=True)
         elif type_byte == _ERROR:
             self._error(result, payload)

@@ -129,6 +129,9 @@ class Session:
         self._to_target = immediate_writer(target.transport)
         self._target_paused = False
         self.contexts: ClientContexts | None = None  # set when results are compared
+        # Which backend, if only one, a simple query goes to (routing patterns).
+        self.router: Callable[[str], str | None] | None = None
+        self._target_answers = False  # a routed query: the target's bytes go to the client
         self.analyze: Callable[[str], tuple] | None = None
         self._seq = 0  # client messages that owe a response, numbered
         self._pairing_logged = False
@@ -162,6 +165,8 @@ class Session:
         """Bytes from the client; raises ProtocolViolation on malformed framing."""
         messages = self._client_framer.feed(data)
         self.bytes_from_client += len(data)
+        if self.router is not None and self._route(data, messages):
+            return
         terminate = False
         if messages:
             now = self._now()
@@ -242,12 +247,50 @@ class Session:
 
     def target_data(self, data: bytes) -> None:
         tracker = self.target_tracker
+        if self._target_answers:
+            self._to_client(data)
         try:
             tracker.receive(self._target_framer, data)
         except ProtocolViolation as e:
             self._backend_garbled(self.target, e)  # type: ignore[arg-type]
             return
+        if self._target_answers and not tracker.owed:
+            self._target_answers = False
+            self.gate.resume("routed")
         self._check_flow(tracker)
+
+    def _route(self, data: bytes, messages: list[tuple[int, bytes]]) -> bool:
+        """Send a simple query that matches a routing pattern to one backend only.
+
+        Routing applies to a chunk that is exactly one Query. A query routed to the
+        target is answered by the target, so it is routed only when neither backend
+        owes anything (its answer cannot interleave with the truth's), and the client
+        is paused until the answer is complete. Returns False to run it on both."""
+        if len(messages) != 1 or messages[0][0] != _QUERY or len(data) != 5 + len(messages[0][1]):
+            return False
+        sql = messages[0][1][:-1].decode("utf-8", "replace")
+        backend = self.router(sql)  # type: ignore[misc]
+        if backend is None:
+            return False
+        self._seq += 1
+        context = (sql, None) if self.contexts is not None else None
+        if backend == self.truth.config.name:
+            self.truth_tracker.expect("Q", self._now(), self._seq, context)
+            self._to_truth(data)
+            return True
+        if self.target is None or self.truth_tracker.owed or self.target_tracker.owed:
+            self._seq -= 1
+            log.info(
+                "session {pid}: not routed (answers outstanding): {sql}",
+                pid=self.process_id,
+                sql=sql[:200],
+            )
+            return False
+        self.target_tracker.expect("Q", self._now(), self._seq, context)
+        self._target_answers = True
+        self.gate.pause("routed")
+        self._to_target(data)
+        return True
 
     def _check_flow(self, tracker: ResponseTracker) -> None:
         pairer = self.pairer

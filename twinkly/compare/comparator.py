@@ -21,12 +21,11 @@ from twinkly.compare.sql import StatementInfo
 from twinkly.compare.values import decode_columns
 from twinkly.pairing import IPairObserver
 from twinkly.report.events import make_event
-from twinkly.responses import SUB_BITS, SYNC_SUB, StatementResult, SyncPoint
+from twinkly.responses import SYNC_SUB, StatementResult, SyncPoint
 
 log = Logger()
 
 _SUB_MASK = SYNC_SUB
-_NO_SQL = StatementInfo.__new__(StatementInfo)  # placeholder, replaced in _info
 
 
 def summary(result: StatementResult, label: str) -> dict:
@@ -64,6 +63,9 @@ class Comparator:
     def statements_paired(self, truth: StatementResult, target: StatementResult) -> None:
         self._truth_last_tag = truth.tag
         monitor = self.monitor
+        if monitor.settings.log_errors:
+            self._log_error(truth, monitor.truth_label)
+            self._log_error(target, monitor.target_label)
         if self._target_lost_transaction is not None:
             monitor.count("skipped")  # no cascade of 25P02 errors
             return
@@ -80,7 +82,24 @@ class Comparator:
     def statement_unpaired(self, result: StatementResult, side: str) -> None:
         if side == "truth":
             self._truth_last_tag = result.tag
+        if self.monitor.settings.log_errors:
+            label = self.monitor.truth_label if side == "truth" else self.monitor.target_label
+            self._log_error(result, label)
         self.monitor.count("skipped")
+
+    def _log_error(self, result: StatementResult, label: str) -> None:
+        """monitoring.log-errors: every SQL error, from either backend."""
+        if result.error is None:
+            return
+        sql = result.context[0] if result.context else None
+        log.warn(
+            "SQL error on {backend} (session {session}): {sqlstate} {message}; statement: {sql}",
+            backend=label,
+            session=self.session_id,
+            sqlstate=result.sqlstate,
+            message=result.error_message,
+            sql=sql if not self.monitor.settings.redact else "<redacted>",
+        )
 
     def sync_paired(self, truth: SyncPoint, target: SyncPoint) -> None:
         if truth.status == "T" and target.status == "E" and self._target_lost_transaction is None:
@@ -137,7 +156,7 @@ class Comparator:
             if info is not None and info.writes:
                 monitor.taint(info.writes, event["id"])
             return
-        if truth.columns != target.columns:
+        if truth.columns != target.columns and not truth.columns_described:
             problems = compare_columns(
                 decode_columns(truth.columns or b"\0\0"), decode_columns(target.columns or b"\0\0")
             )
@@ -283,6 +302,3 @@ def _difference(difference: object) -> dict:
         "target": difference.target,  # type: ignore[attr-defined]
         "columns": list(difference.columns),  # type: ignore[attr-defined]
     }
-
-
-__all__ = ["SUB_BITS", "Comparator", "summary"]

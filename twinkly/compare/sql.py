@@ -218,12 +218,12 @@ class _Notes:
                 self.volatile.add(word.strip().lower())
         elif kind in _DML:
             self.writes.add(_qualified(node["relation"]))
-            pass
+            self.modifies = True
         elif kind == "SortBy":
             self.keep.add(_int_location(node.get("node")))
         else:
             self.has_cte |= kind == "CommonTableExpr"
-            self.locks |= kind == "LockingClause"
+            pass
 
 
 class _Decoder:
@@ -511,21 +511,22 @@ def _redact(sql: str, numbers: set[int], max_param: int) -> str:
         i = by_start.get(where)
         if i is None:
             continue
-        if tokens[i].name == "ASCII_45":  # -1: the minus belongs to the constant
-            j = next((k for k in range(i + 1, len(tokens)) if tokens[k].name in _NUMBER_TOKENS), 0)
-            if j:
-                spans.append((tokens[i].start if j == i + 1 else tokens[j].start, tokens[j].end))
-        elif tokens[i].name in _NUMBER_TOKENS:
-            spans.append((tokens[i].start, tokens[i].end))
-    skip = -1
-    for i, token in enumerate(tokens):
-        if token.name not in _STRING_TOKENS or i == skip:
+        j = i  # the parser folds -1, - -1 and -(1) into one constant located at the first -
+        while j < len(tokens) and tokens[j].name in ("ASCII_45", "ASCII_40"):
+            j += 1
+        if j == len(tokens) or tokens[j].name not in _NUMBER_TOKENS:
             continue
+        end = j + sum(t.name == "ASCII_40" for t in tokens[i:j])  # and the closing parentheses
+        if all(t.name == "ASCII_41" for t in tokens[j + 1 : end + 1]) and end < len(tokens):
+            spans.append((tokens[i].start, tokens[end].end))
+    for i, token in enumerate(tokens):
+        if token.name not in _STRING_TOKENS or (i and tokens[i - 1].name == "UESCAPE"):
+            continue  # the escape character of U&'...' (merged below) or of U&"..."
         start, end = token.start, token.end
         if i and tokens[i - 1].name == "NCHAR" and tokens[i - 1].end + 1 == start:
             start = tokens[i - 1].start  # N'...'
         if i + 2 < len(tokens) and tokens[i + 1].name == "UESCAPE":
-            end, skip = tokens[i + 2].end, i + 2  # U&'...' UESCAPE '!'
+            end = tokens[i + 2].end  # U&'...' UESCAPE '!'
         spans.append((start, end))
     out, at, number = [], 0, max_param
     for start, end in sorted(spans):
