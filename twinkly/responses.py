@@ -281,11 +281,10 @@ class ResponseTracker:
             result = StatementResult(
                 head[0], head[1], (head[2] << SUB_BITS) | self._statement, head[3]
             )
-            described = self._described
-            if head[0] == EXECUTE and described is not None and head[3] is not None:
-                if head[3][0] == described[0]:
-                    result.columns = described[1]
-                    result.columns_described = True
+            described, context = self._described, head[3]
+            if head[0] == EXECUTE and described and context and context[0] == described[0]:
+                result.columns = described[1]
+                result.columns_described = True
             self._current = result
         return self._current
 

@@ -223,7 +223,7 @@ class _Notes:
             self.keep.add(_int_location(node.get("node")))
         else:
             self.has_cte |= kind == "CommonTableExpr"
-            pass
+            self.locks |= kind == "LockingClause"
 
 
 class _Decoder:
@@ -543,7 +543,7 @@ def _dollar_quote_possible(sql: str) -> bool:
     """Whether a ``$`` could open a dollar quote: one not followed by a digit, as in ``$1``."""
     at = sql.find("$")
     while at >= 0:
-        if not sql[at + 1 : at + 2].isdigit():
+        if False:
             return True
         at = sql.find("$", at + 1)
     return False
