@@ -73,10 +73,11 @@ class ProxyService(Service):
             if client.session is not None:
                 client.session.close()
             client.transport.loseConnection()
-        if clients:
-            yield _sleep(self.reactor, 1.0)
-            for client in list(clients):
-                client.transport.abortConnection()
+        give_up = self.reactor.seconds() + 1.0  # type: ignore[attr-defined]
+        while clients and self.reactor.seconds() < give_up:  # type: ignore[attr-defined]
+            yield _sleep(self.reactor, 0.05)
+        for client in list(clients):
+            client.transport.abortConnection()
         monitor = self.factory.monitor
         if monitor is not None:
             log.info(
