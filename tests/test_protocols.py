@@ -329,3 +329,54 @@ class SessionFlowTests(SynchronousTestCase):
         self.assertEqual(error.sqlstate, "08006")
         self.assertIn("truthdb", error.message)
         self.assertTrue(self.h.transport.disconnecting)
+
+
+class CopyHoldTests(SynchronousTestCase):
+    """COPY FROM STDIN that the truth refuses and a slower target accepts: the client's
+    next messages must not reach the target while it waits for COPY data."""
+
+    def setUp(self) -> None:
+        self.h = ClientHarness()
+        self.h.startup()
+        self.truth, self.target = self.h.connect_backends()
+
+    def test_next_statement_waits_for_the_target_to_leave_copy(self) -> None:
+        copy = f.encode(f.Query("copy t from stdin"))
+        self.h.client.dataReceived(copy)
+        self.truth.dataReceived(
+            f.encode(b.ErrorResponse.make("ERROR", "42P01", 'relation "t" does not exist'))
+            + f.encode(b.ReadyForQuery("I"))
+        )
+        insert = f.encode(f.Query("insert into shared values (1)"))
+        self.h.client.dataReceived(insert)
+        self.assertEqual(self.target.transport.value(), copy, "the insert is held back")
+        self.target.dataReceived(f.encode(b.CopyInResponse(0, (0,))))
+        sent = client_frames(self.target.transport.value())
+        self.assertEqual(
+            [type(m) for m in sent], [f.Query, f.CopyFail, f.Query], "CopyFail, then the insert"
+        )
+        self.assertEqual(sent[2], f.Query("insert into shared values (1)"))
+
+    def test_both_copy_and_the_data_flows_to_both(self) -> None:
+        copy = f.encode(f.Query("copy t from stdin"))
+        self.h.client.dataReceived(copy)
+        self.truth.dataReceived(f.encode(b.CopyInResponse(0, (0,))))
+        data = f.encode(f.CopyData(b"1\n")) + f.encode(f.CopyDone())
+        self.h.client.dataReceived(data)
+        self.assertEqual(self.target.transport.value(), copy)
+        self.target.dataReceived(f.encode(b.CopyInResponse(0, (0,))))
+        self.assertEqual(self.target.transport.value(), copy + data)
+        self.assertEqual(self.truth.transport.value(), copy + data)
+
+    def test_target_refuses_too_and_the_hold_ends(self) -> None:
+        self.h.client.dataReceived(f.encode(f.Query("copy t from stdin")))
+        refusal = f.encode(b.ErrorResponse.make("ERROR", "42P01", "no t")) + f.encode(
+            b.ReadyForQuery("I")
+        )
+        self.truth.dataReceived(refusal)
+        self.h.client.dataReceived(f.encode(f.Query("select 1")))
+        self.target.dataReceived(refusal)
+        self.assertEqual(
+            client_frames(self.target.transport.value()),
+            [f.Query("copy t from stdin"), f.Query("select 1")],
+        )

@@ -195,6 +195,8 @@ class ResponseTracker:
         self.on_copy_in: Callable[[], None] | None = None
         # Rows kept per result for a value-level comparison; past it, digest only.
         self.sample_rows = 0
+        self.last_key = -1  # key of the last result or sync point emitted
+        self.copy_key = -1  # key of the last result that entered COPY FROM STDIN
 
     @property
     def owed(self) -> int:
@@ -296,6 +298,7 @@ class ResponseTracker:
             result.finished = now
             result.digest &= _DIGEST_MASK
             self.copy_in = False
+            self.last_key = result.key
             if self._owed and result.request in _ENDS_WITH_READY and not pop:
                 self._owed[0][1] = now  # the next statement of a simple query starts now
                 self._statement += 1
@@ -344,6 +347,7 @@ class ResponseTracker:
         elif type_byte == _COPY_IN:
             result.copy = "in"
             self.copy_in = True
+            self.copy_key = result.key
             if kind == EXECUTE:
                 self._ignore_syncs_during_copy()
             if self.on_copy_in is not None:
@@ -414,7 +418,8 @@ class ResponseTracker:
             return
         self._skipping = False
         self._statement = 0
-        self._emit(SyncPoint(self.status, self._clock(), (head[2] << SUB_BITS) | SYNC_SUB))
+        self.last_key = (head[2] << SUB_BITS) | SYNC_SUB
+        self._emit(SyncPoint(self.status, self._clock(), self.last_key))
 
     def _lose_track(self, why: str) -> None:
         if self.lost_track is None:

@@ -27,6 +27,8 @@ from twinkly.pairing import IPairObserver, Pairer
 from twinkly.responses import (
     CLIENT_EXPECTATIONS,
     DESCRIBE_PORTAL,
+    SUB_BITS,
+    SYNC_SUB,
     ResponseTracker,
 )
 from twinkly.sockets import immediate_writer
@@ -42,6 +44,14 @@ _TERMINATE = ord("X")
 _DESCRIBE = ord("D")
 _QUERY = ord("Q")
 _PARSE = ord("P")
+_EXECUTE = ord("E")
+HOLD_BYTES = 1024 * 1024  # client bytes held for the target before the client waits
+
+
+def _may_copy_from(payload: bytes) -> bool:
+    """Whether a Query or Parse may start COPY FROM STDIN (a cheap, generous test)."""
+    lowered = payload.lower()
+    return b"copy" in lowered and b"stdin" in lowered
 
 
 DRAIN_SECONDS = 30.0  # how long a closed session waits for a backend's owed answers
@@ -132,6 +142,9 @@ class Session:
         # Which backend, if only one, a simple query goes to (routing patterns).
         self.router: Callable[[str], str | None] | None = None
         self._target_answers = False  # a routed query: the target's bytes go to the client
+        self._held: list[bytes] | None = None  # client bytes kept from the target (COPY)
+        self._held_bytes = 0
+        self._hold_key = 0
         self.analyze: Callable[[str], tuple] | None = None
         self._seq = 0  # client messages that owe a response, numbered
         self._pairing_logged = False
@@ -168,6 +181,8 @@ class Session:
         if self.router is not None and self._route(data, messages):
             return
         terminate = False
+        copy_from = False
+        hold_seq = 0
         if messages:
             now = self._now()
             truth_expect = self.truth_tracker.expect
@@ -183,6 +198,12 @@ class Session:
                     context = contexts.context(type_byte, payload) if contexts else None
                     truth_expect(kind, now, seq, context)
                     target_expect(kind, now, seq, context)
+                    if type_byte == _QUERY or type_byte == _PARSE:
+                        copy_from = _may_copy_from(payload)
+                        if copy_from and type_byte == _QUERY:
+                            hold_seq = seq
+                    elif type_byte == _EXECUTE and copy_from:
+                        hold_seq = seq
                 elif type_byte == _TERMINATE:
                     terminate = True
             self._seq = seq
@@ -190,7 +211,14 @@ class Session:
         if self.target is not None:
             if self.truth_tracker.status == "E" and self.analyze is not None:
                 data = self._commit_becomes_rollback(data, messages)
-            self._to_target(data)
+            if self._held is not None:
+                self._hold(data)
+            else:
+                self._to_target(data)
+                if hold_seq:
+                    self._held = []
+                    self._held_bytes = 0
+                    self._hold_key = hold_seq << SUB_BITS
         if terminate:
             self.close(client_terminated=True)
 
@@ -226,6 +254,51 @@ class Session:
             )
         return b"".join(out) if changed else data
 
+    # --- COPY FROM STDIN that only one backend may run --------------------------------
+
+    def _hold(self, data: bytes) -> None:
+        """Keep the client's bytes from the target while it may be in COPY FROM STDIN."""
+        assert self._held is not None
+        self._held.append(data)
+        self._held_bytes += len(data)
+        if self._held_bytes > HOLD_BYTES:
+            self.gate.pause("copy-hold")
+
+    def _check_copy_hold(self) -> None:
+        """Release the held bytes once both backends have shown how they answered the
+        COPY: if the target copies and the truth does not, end the target's COPY first
+        (the client will send no data for it); otherwise the bytes go on as they are."""
+        if self._held is None or self.target is None:
+            return
+        first, last = self._hold_key, self._hold_key | SYNC_SUB
+        target, truth = self.target_tracker, self.truth_tracker
+        target_copying = target.copy_in and first <= target.copy_key <= last
+        if not target_copying:
+            if target.last_key < first:
+                return  # the target has not answered the COPY statement yet
+        else:
+            truth_copying = first <= truth.copy_key <= last and truth.copy_key >= target.copy_key
+            if not truth_copying:
+                if truth.last_key < target.copy_key:
+                    return  # the truth has not answered that statement yet
+                self._fail_target_copy()
+                return
+        self._release_hold()
+
+    def _release_hold(self) -> None:
+        held, self._held = self._held, None
+        for chunk in held or ():
+            self._to_target(chunk)
+        self.gate.resume("copy-hold")
+
+    def _fail_target_copy(self) -> None:
+        """End the target's COPY; what the client sent since then may follow it."""
+        message = "COPY ended by Twinkly: the source of truth did not run this COPY"
+        self._to_target(encode(CopyFail(message)))
+        self.target_tracker.copy_in = False
+        if self._held is not None:
+            self._release_hold()
+
     def _is_commit(self, sql: bytes) -> bool:
         infos = self.analyze(sql.decode("utf-8", "replace"))  # type: ignore[misc]
         return len(infos) == 1 and infos[0].transaction == "commit"
@@ -241,6 +314,8 @@ class Session:
             return
         if self.pairer.truth_ahead > self._max_lag:
             self.gate.pause("target-lag")
+        if self._held is not None:
+            self._check_copy_hold()
         elif self.target_tracker.copy_in:
             self._check_target_copy()
         self._check_flow(tracker)
@@ -257,6 +332,8 @@ class Session:
         if self._target_answers and not tracker.owed:
             self._target_answers = False
             self.gate.resume("routed")
+        if self._held is not None:
+            self._check_copy_hold()
         self._check_flow(tracker)
 
     def _route(self, data: bytes, messages: list[tuple[int, bytes]]) -> bool:
@@ -338,9 +415,7 @@ class Session:
             return  # the truth has not got that far yet
         if head.key == copying.key and getattr(head, "copy", None) == "in":
             return  # both are copying: the client's data goes to both
-        message = "COPY ended by Twinkly: the source of truth did not run this COPY"
-        self.target.transport.write(encode(CopyFail(message)))
-        self.target_tracker.copy_in = False
+        self._fail_target_copy()
 
     # --- ending --------------------------------------------------------------------
 
