@@ -112,9 +112,9 @@ class StatementInfo:
     # 0-based output columns of the ORDER BY keys; () without ORDER BY; None when a key is
     # not an output column (or cannot be told to be one, as after a *)
     order_columns: tuple[int, ...] | None = None
-    limited: bool = False
-    distinct_on: bool = False
-    set_operation: str | None = None
+    limited: bool = False  # LIMIT, OFFSET or FETCH FIRST at the top level (not LIMIT ALL)
+    distinct_on: bool = False  # which row of each group is kept depends on the order
+    set_operation: str | None = None  # union / intersect / except at the top level
     volatile: tuple[str, ...] = ()  # sorted, unique, lower-case
     server_identity: tuple[str, ...] = ()  # functions and system columns naming the server
     reads: frozenset[str] = frozenset()  # "schema.table" as written, lower-case, minus CTEs
@@ -134,11 +134,10 @@ def analyze(sql: str) -> tuple[StatementInfo, ...]:
     try:
         if "\x00" in sql:  # libpg_query would silently stop reading at the NUL
             raise ValueError("NUL in SQL text")
-        notes = _Decoder()
-        tree = _loads(parser.parse_sql_json(sql), notes)
+        tree, notes = _loads(parser.parse_sql_json(sql))
         raw = sql if sql.isascii() else sql.encode("utf-8")  # JSON locations count bytes
         infos = []
-        for entry, note in zip(tree["stmts"], notes.done, strict=True):
+        for entry, note in zip(tree["stmts"], notes, strict=True):
             start = entry.get("stmt_location", 0)
             length = entry.get("stmt_len", 0) or len(raw) - start
             infos.append(_describe(entry["stmt"], note, raw[start : start + length], start))
@@ -147,17 +146,21 @@ def analyze(sql: str) -> tuple[StatementInfo, ...]:
         return (_unparsed(sql),)
 
 
-def _loads(text: str, hook: _Decoder) -> Tree:
-    """Decode the parser's JSON; a deeply nested expression (``a || b || ...`` hundreds deep)
-    needs more than Python's default 1000 levels, and 20000 still fits an 8 MB C stack."""
+def _loads(text: str) -> tuple[Tree, list[_Notes]]:
+    """Decode the parser's JSON, noting each statement's nodes on the way.
+
+    A deeply nested expression (``a || b || ...`` hundreds deep) needs more than Python's
+    default 1000 levels; 20000 still fits an 8 MB C stack.
+    """
     try:
-        return json.loads(text, object_hook=hook)
+        decoder = _Decoder()
+        return json.loads(text, object_hook=decoder), decoder.done
     except RecursionError:
         limit = sys.getrecursionlimit()
         sys.setrecursionlimit(max(limit, _JSON_DEPTH))
         try:
-            hook.__init__()  # type: ignore[misc]
-            return json.loads(text, object_hook=hook)
+            decoder = _Decoder()
+            return json.loads(text, object_hook=decoder), decoder.done
         finally:
             sys.setrecursionlimit(limit)
 
@@ -427,7 +430,7 @@ def _ordering(select: Tree) -> dict[str, Any]:
     columns = [_order_column(key, leaf, op != "SETOP_NONE") for key in sort]
     return {
         "ordered": bool(sort),
-        "order_columns": None if None in columns else tuple(columns),  # type: ignore[arg-type]
+        "order_columns": None if None in columns else tuple(c for c in columns if c is not None),
         "limited": limited,
         "distinct_on": any(select.get("distinctClause", ())),
         "set_operation": None if op == "SETOP_NONE" else op.removeprefix("SETOP_").lower(),
@@ -436,11 +439,11 @@ def _ordering(select: Tree) -> dict[str, Any]:
 
 def _order_column(key: Tree, leaf: Tree, names_only: bool) -> int | None:
     """The output column an ORDER BY key sorts by, resolved the way PostgreSQL does."""
+    outputs: list[tuple[str | None, Tree | None]] = []  # (name, expression)
     if "valuesLists" in leaf:
         width = len(leaf["valuesLists"][0]["List"]["items"])
         outputs = [(f"column{i + 1}", None) for i in range(width)]
     else:
-        outputs = []
         for target in leaf.get("targetList", ()):
             res = target["ResTarget"]
             val = res.get("val", {})
@@ -543,7 +546,7 @@ def _dollar_quote_possible(sql: str) -> bool:
     """Whether a ``$`` could open a dollar quote: one not followed by a digit, as in ``$1``."""
     at = sql.find("$")
     while at >= 0:
-        if False:
+        if not sql[at + 1 : at + 2].isdigit():
             return True
         at = sql.find("$", at + 1)
     return False
