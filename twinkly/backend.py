@@ -20,12 +20,20 @@ from twinkly.config import BackendConfig
 from twinkly.wire.backend import (
     Authentication,
     BackendKeyData,
+    DataRow,
     ErrorResponse,
     decode_backend,
 )
 from twinkly.wire.buffers import Reader, tagged
 from twinkly.wire.framing import MessageFramer, ProtocolViolation
-from twinkly.wire.frontend import CancelRequest, SSLRequest, StartupMessage, Terminate, encode
+from twinkly.wire.frontend import (
+    CancelRequest,
+    Query,
+    SSLRequest,
+    StartupMessage,
+    Terminate,
+    encode,
+)
 
 log = Logger()
 
@@ -86,6 +94,7 @@ class BackendProtocol(Protocol):
         self._auth = BackendAuthenticator(parameters["user"], config.password, config.describe())
         self._awaiting_ssl = False
         self._timeout = None
+        self._query: tuple[list, BackendError | None, defer.Deferred] | None = None
 
     # --- connection lifecycle ------------------------------------------------------
 
@@ -153,6 +162,9 @@ class BackendProtocol(Protocol):
         if on_data is not None:
             on_data(data)
             return
+        if self._query is not None:
+            self._query_data(data)
+            return
         if self.ready.called:
             return  # failed during start-up; closing
         if self._awaiting_ssl:
@@ -173,6 +185,61 @@ class BackendProtocol(Protocol):
                 e = BackendError(str(e), getattr(e, "sqlstate", "08006"))
             self._fail(e)
             self.transport.loseConnection()
+
+    # --- Twinkly's own queries, before the client's session begins -----------------------
+
+    def run_query(self, sql: str) -> defer.Deferred[list[list[str | None]]]:
+        """Run one simple query of Twinkly's own (to align session settings) before the
+        session takes the connection over; fires with the rows as text."""
+        assert self.on_data is None and self._query is None
+        self._query = ([], None, defer.Deferred())
+        self.transport.write(encode(Query(sql)))
+        for type_byte, payload in self.leftover:
+            self._query_message(type_byte, payload)
+        self.leftover = []
+        return self._query[2]
+
+    def _query_data(self, data: bytes) -> None:
+        try:
+            for type_byte, payload in self.framer.feed(data):
+                self._query_message(type_byte, payload)
+        except ProtocolViolation as e:
+            self._query_done(BackendError(f"{self.config.describe()}: {e}"))
+            self.transport.loseConnection()
+
+    def _query_message(self, type_byte: int, payload: bytes) -> None:
+        if self._query is None:
+            self.leftover.append((type_byte, payload))
+            return
+        rows, error, _ = self._query
+        if type_byte == ord("D"):
+            rows.append(
+                [None if v is None else v.decode() for v in DataRow.read(Reader(payload)).values]
+            )
+        elif type_byte == ord("E"):
+            fields = ErrorResponse.read(Reader(payload))
+            self._query = (
+                rows,
+                BackendError(
+                    f"{self.config.describe()}: {fields.message}", fields.sqlstate, fields.fields
+                ),
+                self._query[2],
+            )
+        elif type_byte == ord("S"):
+            message = decode_backend(type_byte, payload)
+            self.server_parameters[message.name] = message.value  # type: ignore[attr-defined]
+        elif type_byte == ord("Z"):
+            self.status = chr(payload[0])
+            self._query_done(error)
+
+    def _query_done(self, error: BackendError | None) -> None:
+        assert self._query is not None
+        rows, _, done = self._query
+        self._query = None
+        if error is not None:
+            done.errback(Failure(error))
+        else:
+            done.callback(rows)
 
     def _ssl_answer(self, data: bytes) -> bytes:
         self._awaiting_ssl = False

@@ -88,6 +88,7 @@ class ComparisonConfig:
 class ReportingConfig:
     events_file: str = "reports/twinkly-events.jsonl"
     redact: bool = False
+    bundles: str | None = None  # directory for one repro bundle per mismatching fingerprint
 
 
 @dataclass(frozen=True)
@@ -370,6 +371,7 @@ def from_tree(tree: ConfigTree) -> Config:
     reporting = ReportingConfig(
         events_file=reporting_section.string("events-file", ReportingConfig.events_file),
         redact=reporting_section.boolean("redact", False),
+        bundles=reporting_section.string("bundles", None),
     )
     reporting_section.finish()
     monitoring_section = root.section("monitoring")

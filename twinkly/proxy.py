@@ -25,6 +25,7 @@ from twinkly.compare.monitor import Monitor
 from twinkly.config import Config
 from twinkly.pairing import IPairObserver, PairCounter
 from twinkly.session import Session
+from twinkly.settings import align_settings
 from twinkly.statements import ClientContexts
 from twinkly.wire.backend import BackendKeyData, ErrorResponse, NegotiateProtocolVersion
 from twinkly.wire.framing import MessageFramer, ProtocolViolation, StartupFramer
@@ -167,8 +168,23 @@ class ClientProtocol(Protocol):
         opening.addCallbacks(self._backends_ready, self._backends_failed)
         opening.addErrback(self._unexpected)
 
-    def _backends_ready(self, pair: tuple[BackendProtocol, BackendProtocol]) -> None:
+    def _backends_ready(self, pair: tuple[BackendProtocol, BackendProtocol]) -> object:
         truth, target = pair
+        if self._state != "connecting":
+            truth.terminate()
+            target.terminate()
+            return None
+        if self.factory.monitor is None:
+            self._start_session(truth, target)
+            return None
+        # Comparing: the target prints values the way the truth does.
+        assert self.startup is not None
+        aligning = align_settings(truth, target, self.startup.parameters)
+        aligning.addCallback(lambda _: self._start_session(truth, target))
+        aligning.addErrback(self._backends_failed)
+        return aligning
+
+    def _start_session(self, truth: BackendProtocol, target: BackendProtocol) -> None:
         if self._state != "connecting":
             truth.terminate()
             target.terminate()
@@ -298,6 +314,7 @@ class ProxyFactory(Factory):
         session.process_id = process_id
         if isinstance(session.pairer.observer, Comparator):
             session.pairer.observer.session_id = process_id
+            session.pairer.observer.session_settings = session.truth_settings
         return BackendKeyData(process_id, secret)
 
     def unregister(self, session: Session) -> None:

@@ -172,6 +172,13 @@ class Session:
         if target.leftover:
             self.target_tracker.feed(target.leftover)
 
+    def truth_settings(self) -> dict[str, str]:
+        """The truth session's reported settings now: start-up values, then changes."""
+        settings = dict(self.truth.server_parameters)
+        for name, value in self.truth_tracker.parameters.items():
+            settings[name.decode("utf-8", "replace")] = value.decode("utf-8", "replace")
+        return settings
+
     # --- the hot path --------------------------------------------------------------
 
     def client_data(self, data: bytes) -> None:
@@ -350,7 +357,7 @@ class Session:
         if backend is None:
             return False
         self._seq += 1
-        context = (sql, None) if self.contexts is not None else None
+        context = (sql, None, ()) if self.contexts is not None else None
         if backend == self.truth.config.name:
             self.truth_tracker.expect("Q", self._now(), self._seq, context)
             self._to_truth(data)

@@ -21,8 +21,8 @@ class ClientContexts:
 
     def __init__(self, max_names: int = 10_000) -> None:
         self._max = max_names
-        self.statements: dict[bytes, str] = {}
-        self.portals: dict[bytes, tuple[str, bytes] | None] = {}
+        self.statements: dict[bytes, tuple[str, tuple[int, ...]]] = {}
+        self.portals: dict[bytes, tuple[str, bytes, tuple[int, ...]] | None] = {}
 
     def _remember(self, names: dict, name: bytes, value: object) -> None:
         names.pop(name, None)
@@ -30,34 +30,37 @@ class ClientContexts:
         if len(names) > self._max:
             del names[next(iter(names))]
 
-    def context(self, type_byte: int, payload: bytes) -> tuple[str, bytes | None] | None:
+    def context(self, type_byte: int, payload: bytes) -> tuple | None:
         """The context of one client message that owes a response."""
         if type_byte == _QUERY:
-            return (_text(payload[:-1]), None)
+            return (_text(payload[:-1]), None, ())
         if type_byte == _EXECUTE:
             return self.portals.get(payload[: payload.find(0)])
         if type_byte == _BIND:
             end = payload.find(0)
-            statement = payload[end + 1 : payload.find(0, end + 1)]
-            sql = self.statements.get(statement)
-            context = None if sql is None else (sql, payload)
+            statement = self.statements.get(payload[end + 1 : payload.find(0, end + 1)])
+            context = None if statement is None else (statement[0], payload, statement[1])
             self._remember(self.portals, payload[:end], context)
             return context
         if type_byte == _PARSE:
             end = payload.find(0)
-            sql = _text(payload[end + 1 : payload.find(0, end + 1)])
-            self._remember(self.statements, payload[:end], sql)
-            return (sql, None)
+            sql_end = payload.find(0, end + 1)
+            sql = _text(payload[end + 1 : sql_end])
+            count = int.from_bytes(payload[sql_end + 1 : sql_end + 3], "big")
+            types = payload[sql_end + 3 : sql_end + 3 + 4 * count]
+            oids = tuple(int.from_bytes(types[i : i + 4], "big") for i in range(0, len(types), 4))
+            self._remember(self.statements, payload[:end], (sql, oids))
+            return (sql, None, oids)
         if type_byte == _DESCRIBE:
             name = payload[1 : payload.find(0, 1)]
             if payload[:1] == b"S":
-                sql = self.statements.get(name)
-                return None if sql is None else (sql, None)
+                statement = self.statements.get(name)
+                return None if statement is None else (statement[0], None, statement[1])
             return self.portals.get(name)
         if type_byte == _CLOSE:
             names = self.statements if payload[:1] == b"S" else self.portals
             names.pop(payload[1 : payload.find(0, 1)], None)
             return None
         if type_byte == _FUNCTION_CALL:
-            return (f"<function call {int.from_bytes(payload[:4], 'big')}>", None)
+            return (f"<function call {int.from_bytes(payload[:4], 'big')}>", None, ())
         return None

@@ -67,7 +67,7 @@ def makeService(options: Options) -> MultiService:
 def build_monitor(config: Config, reactor: object) -> Monitor:
     """The comparison state shared by all sessions, with its events file."""
     from twinkly.compare.values import NormalizationRules
-    from twinkly.report.sink import JsonLinesSink
+    from twinkly.report.sink import IEventSink, JsonLinesSink
 
     comparison = config.comparison
     settings = ComparisonSettings(
@@ -87,5 +87,11 @@ def build_monitor(config: Config, reactor: object) -> Monitor:
         log_errors=config.monitoring.log_errors,
         redact=config.reporting.redact,
     )
-    sink = JsonLinesSink(config.reporting.events_file, reactor)
+    sink: IEventSink = JsonLinesSink(config.reporting.events_file, reactor)
+    if config.reporting.bundles:
+        from twinkly.report.bundles import BundleWriter
+        from twinkly.report.sink import FanOutSink
+
+        bundles = BundleWriter(config.reporting.bundles, reactor, redacted=config.reporting.redact)
+        sink = FanOutSink(sink, bundles)
     return Monitor(settings, sink, (config.truth.label, config.target.label))

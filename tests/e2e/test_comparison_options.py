@@ -118,3 +118,67 @@ def test_comparison_disabled_writes_nothing(start_proxy) -> None:
     differing_table(proxy)
     run(proxy.dsn(), "select * from opt")
     assert events_of(proxy) == []
+
+
+def test_target_gets_the_truths_output_settings(start_proxy) -> None:
+    """DateStyle, IntervalStyle, TimeZone and extra_float_digits shape every value's text:
+    the target's session gets the truth's, so configuration differences are not
+    mismatches (and the client still sees exactly the truth's)."""
+    user = "proxy.postgresql.user = tw_trust\nproxy.yugabytedb.user = tw_trust"
+    proxy = start_proxy(extra=user)
+    settings = (
+        "alter role tw_trust in database twinkly set DateStyle = 'German, DMY'",
+        "alter role tw_trust in database twinkly set IntervalStyle = 'sql_standard'",
+        "alter role tw_trust in database twinkly set TimeZone = 'Asia/Tokyo'",
+        "alter role tw_trust in database twinkly set extra_float_digits = 0",
+    )
+    run(proxy.truth_dsn, *settings)
+    try:
+        query = (
+            "select current_setting('DateStyle'), current_setting('IntervalStyle'),"
+            " current_setting('TimeZone'), current_setting('extra_float_digits'),"
+            " '2024-01-02 03:04:05'::timestamp::text, (interval '1 day 2 hours')::text,"
+            " (1/3::float8)::text"
+        )
+        with psycopg.connect(proxy.dsn(user="tw_trust"), autocommit=True) as conn:
+            row = conn.execute(query).fetchone()
+        assert row[:4] == ("German, DMY", "sql_standard", "Asia/Tokyo", "0")
+        assert [e["kind"] for e in events_of(proxy)] == []
+    finally:
+        run(proxy.truth_dsn, "alter role tw_trust in database twinkly reset all")
+
+
+def test_bundles_are_written_and_recheckable(start_proxy) -> None:
+    import subprocess
+    import sys
+
+    proxy = start_proxy(extra='reporting.bundles = "bundles"')
+    differing_table(proxy, "bundled")
+    with psycopg.connect(proxy.dsn(), autocommit=True) as conn:
+        conn.execute("select * from bundled where id = %s", (2,))
+    time.sleep(1.0)
+    bundles = list((Path(proxy.workdir) / "bundles").glob("*.json"))
+    assert len(bundles) == 1, bundles
+    bundle = json.loads(bundles[0].read_text())
+    assert bundle["statement"] == "select * from bundled where id = $1"
+    assert bundle["parameters"] == ["\\x0002"]  # psycopg sends an int2, in binary
+    assert bundle["parameter_formats"] == [1]
+    assert bundle["settings"]["TimeZone"]
+    recheck = [
+        sys.executable,
+        "-m",
+        "twinkly",
+        "recheck",
+        str(bundles[0]),
+        "--truth",
+        proxy.truth_dsn,
+        "--target",
+        proxy.target_dsn,
+    ]
+    result = subprocess.run(recheck, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "still differs" in result.stdout
+    run(proxy.target_dsn, "update bundled set v = 'v2' where id = 2")
+    result = subprocess.run(recheck, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "now equal" in result.stdout

@@ -57,6 +57,8 @@ class Comparator:
         self._last_divergence: str | None = None
         self._truth_last_tag: bytes | None = None
         self._random = random.Random()
+        # The truth session's settings (TimeZone, DateStyle...), for repro bundles.
+        self.session_settings: Callable[[], dict[str, str]] | None = None
 
     # --- IPairObserver --------------------------------------------------------------
 
@@ -247,6 +249,9 @@ class Comparator:
             truth=summary(truth, monitor.truth_label),
             target=summary(target, monitor.target_label),
             parameters=None if monitor.settings.redact else _parameters(truth),
+            parameter_formats=_parameter_formats(truth),
+            parameter_types=list(truth.context[2]) if truth.context else None,
+            settings=self.session_settings() if self.session_settings else None,
             **fields,
         )
 
@@ -291,7 +296,30 @@ def _parameters(result: StatementResult) -> list | None:
         bind = Bind.read(Reader(context[1]))
     except Exception:
         return None
-    return [None if p is None else p.decode("utf-8", "replace") for p in bind.parameters[:50]]
+    formats = bind.parameter_formats
+    out = []
+    for index, value in enumerate(bind.parameters[:100]):
+        binary = (formats[index] if len(formats) > 1 else formats[0] if formats else 0) == 1
+        if value is None:
+            out.append(None)
+        elif binary:
+            out.append("\\x" + value.hex())  # binary parameters as bytea-style hex
+        else:
+            out.append(value.decode("utf-8", "replace"))
+    return out
+
+
+def _parameter_formats(result: StatementResult) -> list[int] | None:
+    context = result.context
+    if context is None or context[1] is None:
+        return None
+    from twinkly.wire.buffers import Reader
+    from twinkly.wire.frontend import Bind
+
+    try:
+        return list(Bind.read(Reader(context[1])).parameter_formats)
+    except Exception:
+        return None
 
 
 def _difference(difference: object) -> dict:
