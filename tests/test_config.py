@@ -228,9 +228,50 @@ class BadValueTests(ConfigTestCase):
             ("proxy.postgresql = 5", "proxy.postgresql"),
             ("proxy.tls = yes", "proxy.tls"),
             ("proxy.tls.cert-file = /nonexistent/cert.pem", "proxy.tls"),
+            ("comparison.fail-on-differences = true", "comparison.fail-on-differences"),
+            ("comparison.float-tolerance = -1", "comparison.float-tolerance"),
+            ("comparison.sample-rate = 1.5", "comparison.sample-rate"),
+            ('comparison.sample-rate = "most"', "comparison.sample-rate"),
+            ('comparison.exclude-patterns = ["(unclosed"]', "comparison.exclude-patterns[0]"),
+            ("comparison.exclude-patterns = [5]", "comparison.exclude-patterns[0]"),
+            (
+                'proxy.routing.postgres-only-patterns = ["[a"]',
+                "proxy.routing.postgres-only-patterns[0]",
+            ),
+            (
+                "comparison.normalize.jsonb-key-order = sometimes",
+                "comparison.normalize.jsonb-key-order",
+            ),
+            ("comparison.max-target-lag = 0", "comparison.max-target-lag"),
+            ("reporting.redact = perhaps", "reporting.redact"),
+            ("monitoring.log-errors = 3", "monitoring.log-errors"),
+            ("reporting.events = x", "reporting.events"),
         ]
         for text, key in cases:
             self.assertConfigError(text, key)
+
+    def test_regexes_are_taken_literally(self) -> None:
+        config = loads('comparison.exclude-patterns = ["^select .*$", "\\$1 and ${?HOME}"]')
+        self.assertEqual(config.comparison.exclude_patterns, ("^select .*$", "\\$1 and ${?HOME}"))
+
+    def test_comparison_and_reporting_values(self) -> None:
+        config = loads(
+            """
+            comparison { float-tolerance = 0.001, max-sample-rows = 5, sample-rate = 0.25,
+                         log-differences-only = yes, normalize { numeric-scale = false } }
+            reporting { events-file = "/tmp/e.jsonl", redact = true, bundles = "/tmp/b" }
+            monitoring.log-errors = true
+            """
+        )
+        c = config.comparison
+        self.assertEqual((c.float_tolerance, c.max_sample_rows, c.sample_rate), (0.001, 5, 0.25))
+        self.assertTrue(c.log_differences_only)
+        self.assertFalse(c.numeric_scale)
+        self.assertEqual(
+            (config.reporting.events_file, config.reporting.redact, config.reporting.bundles),
+            ("/tmp/e.jsonl", True, "/tmp/b"),
+        )
+        self.assertTrue(config.monitoring.log_errors)
 
     def test_port_messages_say_what_is_wrong(self) -> None:
         message = self.assertConfigError('proxy.postgresql.port = "abc"', "proxy.postgresql.port")

@@ -412,6 +412,13 @@ def _comparison(section: _Section) -> ComparisonConfig:
     )
     normalize.finish()
     section.finish()
+    if config.fail_on_differences:
+        # Refused rather than silently ignored: holding the truth's answers until the
+        # target's are compared is not built yet; differences are reported, not enforced.
+        raise ConfigError(
+            "comparison.fail-on-differences: not supported yet; set it to false"
+            " (differences are reported in the events file)"
+        )
     return config
 
 

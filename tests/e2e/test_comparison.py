@@ -211,3 +211,55 @@ def test_noise_corpus_gives_no_mismatch(comparing) -> None:
     assert "nondeterministic" in kinds(found)
     noise = [e for e in found if e["kind"] == "noise"]
     assert any("now" in e["reason"] or "random" in e["reason"] for e in noise)
+
+
+def test_two_million_rows_compared_in_bounded_memory(comparing) -> None:
+    """A result far beyond the rows kept for a value-level diff is still compared, by
+    count and digest, while the proxy's memory stays flat."""
+    import subprocess
+    import threading
+
+    import psutil
+
+    proxy, events = comparing
+    direct(proxy.truth_dsn, "drop table if exists marker", "create table marker (n int)")
+    direct(
+        proxy.target_dsn,
+        "drop table if exists marker",
+        "create table marker (n int)",
+        "insert into marker values (1234567)",
+    )
+    events.new()
+    process = psutil.Process(proxy.pid)
+    baseline = process.memory_info().rss
+    peak = [baseline]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], process.memory_info().rss)
+            time.sleep(0.05)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    sql = (
+        "select g, md5(g::text) from generate_series(1, 2000000) g"
+        " where g <> (select coalesce(max(n), 0) from marker)"
+    )
+    try:
+        result = subprocess.run(
+            ["/usr/lib/postgresql/15/bin/psql", proxy.dsn(), "-Atc", sql],
+            capture_output=True,
+            timeout=240,
+            check=True,
+        )
+    finally:
+        done.set()
+        sampler.join()
+    assert result.stdout.count(b"\n") == 2_000_000
+    (event,) = events.wait_for("result_mismatch", timeout=30)
+    assert (event["truth"]["rows"], event["target"]["rows"]) == (2_000_000, 1_999_999)
+    assert event["truth"]["digest"] != event["target"]["digest"]
+    assert "digest only" in event["reason"]
+    growth_mb = (peak[0] - baseline) / 2**20
+    assert growth_mb < 60, f"proxy RSS grew by {growth_mb:.0f} MB"
