@@ -380,3 +380,18 @@ class CopyHoldTests(SynchronousTestCase):
             client_frames(self.target.transport.value()),
             [f.Query("copy t from stdin"), f.Query("select 1")],
         )
+
+    def test_client_leaving_during_a_hold_loses_no_copy_data(self) -> None:
+        copy = f.encode(f.Query("copy t from stdin"))
+        self.h.client.dataReceived(copy)
+        self.truth.dataReceived(f.encode(b.CopyInResponse(0, (0,))))
+        data = f.encode(f.CopyData(b"1\n")) + f.encode(f.CopyDone())
+        self.h.client.dataReceived(data)
+        self.truth.dataReceived(
+            f.encode(b.CommandComplete("COPY 1")) + f.encode(b.ReadyForQuery("I"))
+        )
+        self.h.client.connectionLost(Failure(ConnectionDone()))  # gone, without a Terminate
+        self.assertEqual(self.target.transport.value(), copy, "still held")
+        self.assertFalse(self.target.transport.disconnecting, "the target is drained")
+        self.target.dataReceived(f.encode(b.CopyInResponse(0, (0,))))
+        self.assertEqual(self.target.transport.value(), copy + data + f.encode(f.Terminate()))

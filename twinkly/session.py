@@ -36,7 +36,7 @@ from twinkly.statements import ClientContexts
 from twinkly.wire.backend import ErrorResponse
 from twinkly.wire.buffers import tagged
 from twinkly.wire.framing import MessageFramer, ProtocolViolation
-from twinkly.wire.frontend import CopyFail, Parse, Query, encode
+from twinkly.wire.frontend import CopyFail, Parse, Query, Terminate, encode
 
 log = Logger()
 
@@ -474,10 +474,17 @@ class Session:
             (self.truth, self.truth_tracker),
             (self.target, self.target_tracker),
         ):
-            if backend is not None:
-                # A backend that still owes answers is drained so they get compared.
-                drain = DRAIN_SECONDS if tracker.owed and self.pairer.abandoned is None else 0.0
-                backend.terminate(send=not client_terminated, drain=drain)
+            if backend is None:
+                continue
+            # A backend that still owes answers is drained so they get compared.
+            drain = DRAIN_SECONDS if tracker.owed and self.pairer.abandoned is None else 0.0
+            if backend is self.target and self._held is not None:
+                # Bytes held during a COPY go first, then the goodbye, in order.
+                if not client_terminated:
+                    self._held.append(encode(Terminate()))
+                backend.terminate(send=False, drain=DRAIN_SECONDS)
+                continue
+            backend.terminate(send=not client_terminated, drain=drain)
         self.client.loseConnection()  # type: ignore[attr-defined]
         if self._on_close is not None:
             self._on_close(self)  # type: ignore[operator]
