@@ -9,8 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from twinkly.wire.buffers import Reader, cstring, int16, int32, sized, uint32
+from twinkly.wire.buffers import NoPayload, Reader, cstring, int16, int32, sized, uint32
 from twinkly.wire.framing import ProtocolViolation
+from twinkly.wire.frontend import CopyData, CopyDone  # the same message both ways
 
 # Authentication request codes.
 AUTH_OK = 0
@@ -297,68 +298,28 @@ class NegotiateProtocolVersion:
         return cls(minor, tuple(r.cstring() for _ in range(r.int32())))
 
 
-@dataclass(frozen=True, slots=True)
-class CopyData:
-    TYPE: ClassVar[bytes] = b"d"
-    data: bytes
-
-    def payload(self) -> bytes:
-        return self.data
-
-    @classmethod
-    def read(cls, r: Reader) -> CopyData:
-        return cls(r.rest())
-
-
-class _NoPayload:
-    """Base of the messages that carry nothing but their type byte."""
-
-    __slots__ = ()
-    TYPE: ClassVar[bytes]
-
-    def payload(self) -> bytes:
-        return b""
-
-    @classmethod
-    def read(cls, r: Reader) -> _NoPayload:
-        return cls()
-
-    def __eq__(self, other: object) -> bool:
-        return type(other) is type(self)
-
-    def __hash__(self) -> int:
-        return hash(self.TYPE)
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}()"
-
-
-class ParseComplete(_NoPayload):
+class ParseComplete(NoPayload):
     TYPE = b"1"
 
 
-class BindComplete(_NoPayload):
+class BindComplete(NoPayload):
     TYPE = b"2"
 
 
-class CloseComplete(_NoPayload):
+class CloseComplete(NoPayload):
     TYPE = b"3"
 
 
-class NoData(_NoPayload):
+class NoData(NoPayload):
     TYPE = b"n"
 
 
-class PortalSuspended(_NoPayload):
+class PortalSuspended(NoPayload):
     TYPE = b"s"
 
 
-class EmptyQueryResponse(_NoPayload):
+class EmptyQueryResponse(NoPayload):
     TYPE = b"I"
-
-
-class CopyDone(_NoPayload):
-    TYPE = b"c"
 
 
 BACKEND_MESSAGES: dict[int, type] = {

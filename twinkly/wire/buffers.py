@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from struct import Struct
+from typing import ClassVar
 
 from twinkly.wire.framing import ProtocolViolation
 
@@ -89,3 +90,27 @@ def sized(value: bytes | None) -> bytes:
 def tagged(type_byte: bytes, payload: bytes) -> bytes:
     """A complete tagged message."""
     return type_byte + uint32(len(payload) + 4) + payload
+
+
+class NoPayload:
+    """Base of the messages that carry nothing but their type byte (Sync, BindComplete...)."""
+
+    __slots__ = ()
+    TYPE: ClassVar[bytes]
+
+    def payload(self) -> bytes:
+        return b""
+
+    @classmethod
+    def read(cls, r: Reader) -> NoPayload:
+        r.done()
+        return cls()
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self)
+
+    def __hash__(self) -> int:
+        return hash(self.TYPE)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"

@@ -9,7 +9,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from twinkly.wire.buffers import Reader, cstring, int16, int32, sized, tagged, uint32
+from twinkly.wire.buffers import (
+    NoPayload,
+    Reader,
+    cstring,
+    int16,
+    int32,
+    sized,
+    tagged,
+    uint32,
+)
 from twinkly.wire.framing import ProtocolViolation
 
 PROTOCOL_3_0 = 196608  # 3 << 16
@@ -287,43 +296,19 @@ class PasswordMessage:
         return value
 
 
-class _NoPayload:
-    """Base of the messages that carry nothing but their type byte."""
-
-    __slots__ = ()
-    TYPE: ClassVar[bytes]
-
-    def payload(self) -> bytes:
-        return b""
-
-    @classmethod
-    def read(cls, r: Reader) -> _NoPayload:
-        r.done()
-        return cls()
-
-    def __eq__(self, other: object) -> bool:
-        return type(other) is type(self)
-
-    def __hash__(self) -> int:
-        return hash(self.TYPE)
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}()"
-
-
-class Sync(_NoPayload):
+class Sync(NoPayload):
     TYPE = b"S"
 
 
-class Flush(_NoPayload):
+class Flush(NoPayload):
     TYPE = b"H"
 
 
-class CopyDone(_NoPayload):
+class CopyDone(NoPayload):
     TYPE = b"c"
 
 
-class Terminate(_NoPayload):
+class Terminate(NoPayload):
     TYPE = b"X"
 
 
