@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
+from functools import lru_cache
 
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -26,6 +27,7 @@ from twinkly.responses import SYNC_SUB, StatementResult, SyncPoint
 log = Logger()
 
 _SUB_MASK = SYNC_SUB
+MAX_ANALYZED_CHARS = 256 * 1024
 
 
 def summary(result: StatementResult, label: str) -> dict:
@@ -71,15 +73,15 @@ class Comparator:
         if self._target_lost_transaction is not None:
             monitor.count("skipped")  # no cascade of 25P02 errors
             return
-        info = self._info(truth)
         settings = monitor.settings
-        if info is not None and settings.excluded(info.sql):
+        context = truth.context
+        if settings.exclude_patterns and context is not None and settings.excluded(context[0]):
             monitor.count("excluded")
             return
         if settings.sample_rate < 1.0 and self._random.random() >= settings.sample_rate:
             monitor.count("sampled_out")
             return
-        self._judge(truth, target, info)
+        self._judge(truth, target)
 
     def statement_unpaired(self, result: StatementResult, side: str) -> None:
         if side == "truth":
@@ -132,17 +134,17 @@ class Comparator:
 
     def _info(self, result: StatementResult) -> StatementInfo | None:
         context = result.context
-        if context is None:
-            return None
+        if context is None or len(context[0]) > MAX_ANALYZED_CHARS:
+            return None  # parsing megabytes of SQL would stall every session
         infos = self.monitor.cache.get(context[0])
         if not infos:
             return None
         index = result.key & _SUB_MASK if result.request == "Q" else 0
         return infos[min(index, len(infos) - 1)]
 
-    def _judge(
-        self, truth: StatementResult, target: StatementResult, info: StatementInfo | None
-    ) -> None:
+    def _judge(self, truth: StatementResult, target: StatementResult) -> None:
+        """The verdict on one pair. The SQL is parsed only when something differs: equal
+        answers, the common case, cost no parsing at all."""
         monitor = self.monitor
         if truth.error is not None or target.error is not None:
             if truth.error is not None and target.error is not None:
@@ -153,19 +155,20 @@ class Comparator:
             else:
                 failed = monitor.truth_label if truth.error is not None else monitor.target_label
                 reason = f"only {failed} failed"
+            info = self._info(truth)
             event = self._mismatch("error_divergence", truth, target, info, reason=reason)
             self._last_divergence = event["id"]
             if info is not None and info.writes:
                 monitor.taint(info.writes, event["id"])
             return
         if truth.columns != target.columns and not truth.columns_described:
-            problems = compare_columns(
-                decode_columns(truth.columns or b"\0\0"), decode_columns(target.columns or b"\0\0")
-            )
+            problems = _column_problems(truth.columns, target.columns)
             if problems:
-                self._mismatch("column_mismatch", truth, target, info, differences=problems)
+                info = self._info(truth)
+                self._mismatch("column_mismatch", truth, target, info, differences=list(problems))
                 return
         if truth.columns is None and truth.tag != target.tag:
+            info = self._info(truth)
             event = self._mismatch(
                 "tag_mismatch", truth, target, info, reason="the command tags differ"
             )
@@ -176,7 +179,7 @@ class Comparator:
         if truth.rows == target.rows and truth.digest == target.digest:
             monitor.count("matched")
             return
-        self._judge_rows(truth, target, info)
+        self._judge_rows(truth, target, self._info(truth))
 
     def _judge_rows(
         self, truth: StatementResult, target: StatementResult, info: StatementInfo | None
@@ -267,6 +270,15 @@ class Comparator:
         self.monitor.sink.emit(event)
         self.last_event = event
         return event
+
+
+@lru_cache(maxsize=1024)
+def _column_problems(truth: bytes | None, target: bytes | None) -> tuple[str, ...]:
+    """Column differences of two RowDescriptions; cached, since their bytes always differ
+    (table OIDs are per server) while the shapes repeat."""
+    return tuple(
+        compare_columns(decode_columns(truth or b"\0\0"), decode_columns(target or b"\0\0"))
+    )
 
 
 def _noise_reason(info: StatementInfo | None) -> str | None:
