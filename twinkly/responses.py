@@ -235,7 +235,11 @@ class ResponseTracker:
         limit = framer.limit
         pos = 0
         need = 5
+        # Rows of the current result are counted in locals and written back when
+        # another message comes (or the buffer ends): attribute stores per row cost.
         current = self._current
+        rows = digest = 0
+        room = self._sample_room(current)
         while size - pos >= 5:
             length = _unpack_len(data, pos + 1)[0]
             if length < 4 or length > limit:
@@ -247,19 +251,33 @@ class ResponseTracker:
             type_byte = data[pos]
             if current is not None and (type_byte == _ROW or type_byte == _COPY_DATA):
                 row = data[pos + 5 : end]
-                current.rows += 1
-                current.digest += hash(row)
-                sample = current.sample
-                if sample is not None:
-                    if current.rows <= self.sample_rows:
-                        sample.append(row)
-                    else:
-                        current.sample = None
+                rows += 1
+                digest += hash(row)
+                if room > 0:
+                    current.sample.append(row)  # type: ignore[union-attr]
+                    room -= 1
+                elif room == 0:
+                    current.sample = None
+                    room = -1
             else:
+                if rows:
+                    current.rows += rows  # type: ignore[union-attr]
+                    current.digest += digest  # type: ignore[union-attr]
+                    rows = digest = 0
                 self._handle(type_byte, data[pos + 5 : end])
                 current = self._current
+                room = self._sample_room(current)
             pos = end
+        if rows:
+            current.rows += rows  # type: ignore[union-attr]
+            current.digest += digest  # type: ignore[union-attr]
         framer.hold(data, pos, need)
+
+    def _sample_room(self, result: StatementResult | None) -> int:
+        """Rows the result may still keep for a value-level diff; -1 when none."""
+        if result is None or result.sample is None:
+            return -1
+        return self.sample_rows - len(result.sample)
 
     def feed(self, messages: list[tuple[int, bytes]]) -> None:
         """Track messages that were already framed."""
