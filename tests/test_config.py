@@ -243,6 +243,7 @@ class BadValueTests(ConfigTestCase):
                 "comparison.normalize.jsonb-key-order",
             ),
             ("comparison.max-target-lag = 0", "comparison.max-target-lag"),
+            ("comparison.max-target-lag-bytes = 10", "comparison.max-target-lag-bytes"),
             ("reporting.redact = perhaps", "reporting.redact"),
             ("monitoring.log-errors = 3", "monitoring.log-errors"),
             ("reporting.events = x", "reporting.events"),

@@ -271,7 +271,33 @@ class SessionFlowTests(SynchronousTestCase):
         self.session = self.h.client.session
 
     def test_slow_client_pauses_the_truth(self) -> None:
-        self.assertIs(self.h.transport.producer, self.truth.transport)
+        self.h.transport.producer.pauseProducing()  # the client's buffer is full
+        self.assertEqual(self.truth.transport.producerState, "paused")
+        self.h.transport.producer.resumeProducing()
+        self.assertEqual(self.truth.transport.producerState, "producing")
+
+    def test_target_far_behind_in_bytes_pauses_the_truth(self) -> None:
+        self.session._max_lag_bytes = 1000
+        self.h.client.dataReceived(f.encode(f.Query("select big")))
+        rows = b"".join(f.encode(b.DataRow((b"x" * 100,))) for _ in range(30))
+        self.truth.dataReceived(f.encode(b.RowDescription((b.Column("v"),))) + rows)
+        self.assertEqual(self.truth.transport.producerState, "paused")
+        self.h.transport.producer.resumeProducing()  # a drained client does not override it
+        self.assertEqual(self.truth.transport.producerState, "paused")
+        end = f.encode(b.CommandComplete("SELECT 30")) + f.encode(b.ReadyForQuery("I"))
+        self.truth.dataReceived(end)
+        self.target.dataReceived(f.encode(b.RowDescription((b.Column("v"),))) + rows + end)
+        self.assertEqual(self.truth.transport.producerState, "producing")
+
+    def test_a_target_that_already_answered_never_stalls_the_truth(self) -> None:
+        self.session._max_lag_bytes = 1000
+        self.h.client.dataReceived(f.encode(f.Query("select big")))
+        head = f.encode(b.RowDescription((b.Column("v"),)))
+        rows = b"".join(f.encode(b.DataRow((b"x" * 100,))) for _ in range(30))
+        end = f.encode(b.CommandComplete("SELECT 30")) + f.encode(b.ReadyForQuery("I"))
+        self.target.dataReceived(head + rows + end)  # the target was quicker
+        self.truth.dataReceived(head + rows)
+        self.assertEqual(self.truth.transport.producerState, "producing")
 
     def test_lagging_target_pauses_the_client_then_resumes(self) -> None:
         select = f.encode(f.Query("select 1"))

@@ -81,6 +81,7 @@ class ComparisonConfig:
     max_sample_rows: int = 20  # differing rows kept per event
     max_compared_rows: int = 10_000  # rows kept per result for a value-level diff
     max_target_lag: int = 1000  # truth results the target may lag before the client waits
+    max_target_lag_bytes: int = 64 * 1024 * 1024  # truth bytes not yet matched by the target
     sample_rate: float = 1.0
 
 
@@ -408,6 +409,9 @@ def _comparison(section: _Section) -> ComparisonConfig:
         max_sample_rows=section.integer("max-sample-rows", 20, 0, 10_000),
         max_compared_rows=section.integer("max-compared-rows", 10_000, 0, 10_000_000),
         max_target_lag=section.integer("max-target-lag", 1000, 1, 10_000_000),
+        max_target_lag_bytes=section.integer(
+            "max-target-lag-bytes", 64 * 1024 * 1024, 1024, 1 << 40
+        ),
         sample_rate=section.number("sample-rate", 1.0, 0.0, 1.0),
     )
     normalize.finish()

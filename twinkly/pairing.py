@@ -72,6 +72,7 @@ class Pairer:
         self.abandoned: str | None = None
         self.dropped = 0
         self.unpaired_syncs = 0
+        self.truth_done_end = 0  # truth stream offset up to which everything was paired
 
     @property
     def truth_ahead(self) -> int:
@@ -121,12 +122,14 @@ class Pairer:
             if a.key == b.key:
                 truth.popleft()
                 target.popleft()
+                self.truth_done_end = a.end
                 if type(a) is SyncPoint:
                     observer.sync_paired(a, b)  # type: ignore[arg-type]
                 else:
                     observer.statements_paired(a, b)  # type: ignore[arg-type]
             elif a.key < b.key:
                 truth.popleft()
+                self.truth_done_end = a.end
                 self._one_sided(a, "truth")
             else:
                 target.popleft()

@@ -100,6 +100,7 @@ class StatementResult:
         "copy",
         "digest",
         "empty",
+        "end",
         "error",
         "finished",
         "key",
@@ -118,6 +119,7 @@ class StatementResult:
         self.request = request
         self.key = key  # which client message (and statement) this answers
         self.context = context  # (SQL text, raw Bind payload or None), when known
+        self.end = 0  # offset in the backend's stream just past this result
         self.sample: list[bytes] | None = [] if context is not None else None
         self.started = started
         self.finished = started
@@ -158,12 +160,13 @@ class StatementResult:
 class SyncPoint:
     """A ReadyForQuery: the end of a simple query, a Sync, or a function call."""
 
-    __slots__ = ("key", "status", "time")
+    __slots__ = ("end", "key", "status", "time")
 
-    def __init__(self, status: str, time: float, key: int = SYNC_SUB) -> None:
+    def __init__(self, status: str, time: float, key: int = SYNC_SUB, end: int = 0) -> None:
         self.status = status
         self.time = time
         self.key = key
+        self.end = end  # offset in the backend's stream just past the ReadyForQuery
 
     def __repr__(self) -> str:
         return f"<SyncPoint {self.status}>"
@@ -196,6 +199,8 @@ class ResponseTracker:
         # Rows kept per result for a value-level comparison; past it, digest only.
         self.sample_rows = 0
         self.last_key = -1  # key of the last result or sync point emitted
+        self.consumed = 0  # bytes of complete messages tracked so far (a stream offset)
+        self._message_end = 0
         self.copy_key = -1  # key of the last result that entered COPY FROM STDIN
 
     @property
@@ -237,6 +242,7 @@ class ResponseTracker:
         need = 5
         # Rows of the current result are counted in locals and written back when
         # another message comes (or the buffer ends): attribute stores per row cost.
+        base = self.consumed  # where joined[0] sits in the stream: held bytes were not counted
         current = self._current
         rows = digest = 0
         room = self._sample_room(current)
@@ -264,6 +270,7 @@ class ResponseTracker:
                     current.rows += rows  # type: ignore[union-attr]
                     current.digest += digest  # type: ignore[union-attr]
                     rows = digest = 0
+                self._message_end = base + end
                 self._handle(type_byte, data[pos + 5 : end])
                 current = self._current
                 room = self._sample_room(current)
@@ -271,6 +278,7 @@ class ResponseTracker:
         if rows:
             current.rows += rows  # type: ignore[union-attr]
             current.digest += digest  # type: ignore[union-attr]
+        self.consumed = base + pos
         framer.hold(data, pos, need)
 
     def _sample_room(self, result: StatementResult | None) -> int:
@@ -314,6 +322,7 @@ class ResponseTracker:
         if result is not None:
             self._current = None
             result.finished = now
+            result.end = self._message_end
             result.digest &= _DIGEST_MASK
             self.copy_in = False
             self.last_key = result.key
@@ -437,7 +446,7 @@ class ResponseTracker:
         self._skipping = False
         self._statement = 0
         self.last_key = (head[2] << SUB_BITS) | SYNC_SUB
-        self._emit(SyncPoint(self.status, self._clock(), self.last_key))
+        self._emit(SyncPoint(self.status, self._clock(), self.last_key, self._message_end))
 
     def _lose_track(self, why: str) -> None:
         if self.lost_track is None:

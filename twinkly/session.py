@@ -125,6 +125,7 @@ class Session:
         self._now = clock.seconds
         flow = config.proxy.flow
         self._max_lag = config.comparison.max_target_lag
+        self._max_lag_bytes = config.comparison.max_target_lag_bytes
         self._max_ahead = flow.max_target_ahead
         self.pairer = Pairer(observer, flow.max_held_results)
         self.truth_tracker = ResponseTracker(self.pairer.add_truth, self._now)
@@ -134,6 +135,7 @@ class Session:
         self._truth_framer = truth.framer
         self._target_framer = target.framer
         self.gate = PauseGate(client_transport)  # type: ignore[arg-type]
+        self.truth_gate = PauseGate(truth.transport)  # type: ignore[arg-type]
         self._to_client = immediate_writer(client_transport)
         self._to_truth = immediate_writer(truth.transport)
         self._to_target = immediate_writer(target.transport)
@@ -163,7 +165,10 @@ class Session:
         target.on_data = self.target_data
         truth.on_lost = self._backend_lost
         target.on_lost = self._backend_lost
-        self.client.registerProducer(truth.transport, True)  # type: ignore[attr-defined]
+        # A slow client pauses the truth; so does a target too far behind (truth_gate).
+        self.client.registerProducer(  # type: ignore[attr-defined]
+            _GateReason(self.truth_gate, "client-buffer"), True
+        )
         truth.transport.registerProducer(_GateReason(self.gate, "truth-buffer"), True)
         target.transport.registerProducer(_GateReason(self.gate, "target-buffer"), True)
         # Messages that arrived right after ReadyForQuery (a notice, say).
@@ -321,6 +326,14 @@ class Session:
             return
         if self.pairer.truth_ahead > self._max_lag:
             self.gate.pause("target-lag")
+        if (
+            self.target is not None
+            and not self.pairer.target_ahead  # the target has not already answered it
+            and tracker.consumed - self.pairer.truth_done_end > self._max_lag_bytes
+        ):
+            # The target is that far behind within the truth's answers: the client
+            # waits (the truth is not read) until the target catches up.
+            self.truth_gate.pause("target-lag-bytes")
         if self._held is not None:
             self._check_copy_hold()
         elif self.target_tracker.copy_in:
@@ -380,6 +393,12 @@ class Session:
         pairer = self.pairer
         if tracker.lost_track is not None or pairer.abandoned is not None:
             self._pairing_lost(tracker)
+        if "target-lag-bytes" in self.truth_gate.reasons and (
+            self.target is None
+            or pairer.target_ahead
+            or self.truth_tracker.consumed - pairer.truth_done_end <= self._max_lag_bytes // 2
+        ):
+            self.truth_gate.resume("target-lag-bytes")
         if pairer.truth_ahead <= self._max_lag // 2:
             self.gate.resume("target-lag")
         ahead = pairer.target_ahead
