@@ -22,6 +22,8 @@ from typing import Any
 
 from pglast import parser
 
+from twinkly.compare.redact import redact_literals
+
 Tree = dict[str, Any]
 
 
@@ -90,8 +92,6 @@ _OBJECT_LISTS = frozenset(("GrantStmt", "LockStmt", "TruncateStmt"))
 _RELATION_OBJECTS = _words(
     "OBJECT_TABLE OBJECT_VIEW OBJECT_MATVIEW OBJECT_FOREIGN_TABLE OBJECT_SEQUENCE OBJECT_INDEX"
 )
-_STRING_TOKENS = frozenset(("SCONST", "USCONST", "BCONST", "XCONST"))
-_NUMBER_TOKENS = frozenset(("ICONST", "FCONST"))
 _JSON_DEPTH = 20000
 # Source positions, which pglast too ignores when it compares nodes.
 _POSITIONS = _words(
@@ -342,7 +342,7 @@ def _describe(stmt: Tree, walk: _Notes, text: str | bytes, base: int) -> Stateme
     return StatementInfo(
         sql=sql,
         fingerprint=parser.fingerprint(sql),
-        redacted=_redact(sql, _char_offsets(walk, text, base, decoded), walk.max_param),
+        redacted=redact_literals(sql, _char_offsets(walk, text, base, decoded), walk.max_param),
         kind=kind,
         volatile=tuple(sorted(volatile)),
         server_identity=tuple(sorted(identity)),
@@ -495,61 +495,6 @@ def _same(a: Any, b: Any) -> bool:
     if isinstance(a, list):
         return isinstance(b, list) and len(a) == len(b) and all(map(_same, a, b))
     return bool(a == b)
-
-
-def _redact(sql: str, numbers: set[int], max_param: int) -> str:
-    """The statement with each literal replaced by $n, numbered after its own parameters.
-
-    Strings are found by the scanner (every string token: also passwords, COMMENT text and
-    function bodies of utility statements, whose values carry no location in the tree).
-    Numbers are redacted where the tree has a constant, so that a unary minus folded into
-    it goes too, while ``numeric(10, 2)`` and ``ORDER BY 1`` stay.
-    """
-    if not numbers and "'" not in sql and not _dollar_quote_possible(sql):
-        return sql  # nothing to redact: skip the scanner, the costliest step (~1 us a token)
-    tokens = parser.scan(sql)
-    spans: list[tuple[int, int]] = []
-    by_start = {t.start: i for i, t in enumerate(tokens)}
-    for where in sorted(numbers):
-        i = by_start.get(where)
-        if i is None:
-            continue
-        j = i  # the parser folds -1, - -1 and -(1) into one constant located at the first -
-        while j < len(tokens) and tokens[j].name in ("ASCII_45", "ASCII_40"):
-            j += 1
-        if j == len(tokens) or tokens[j].name not in _NUMBER_TOKENS:
-            continue
-        end = j + sum(t.name == "ASCII_40" for t in tokens[i:j])  # and the closing parentheses
-        if all(t.name == "ASCII_41" for t in tokens[j + 1 : end + 1]) and end < len(tokens):
-            spans.append((tokens[i].start, tokens[end].end))
-    for i, token in enumerate(tokens):
-        if token.name not in _STRING_TOKENS or (i and tokens[i - 1].name == "UESCAPE"):
-            continue  # the escape character of U&'...' (merged below) or of U&"..."
-        start, end = token.start, token.end
-        if i and tokens[i - 1].name == "NCHAR" and tokens[i - 1].end + 1 == start:
-            start = tokens[i - 1].start  # N'...'
-        if i + 2 < len(tokens) and tokens[i + 1].name == "UESCAPE":
-            end = tokens[i + 2].end  # U&'...' UESCAPE '!'
-        spans.append((start, end))
-    out, at, number = [], 0, max_param
-    for start, end in sorted(spans):
-        if start < at:
-            continue
-        number += 1
-        out.append(f"{sql[at:start]}${number}")
-        at = end + 1
-    out.append(sql[at:])
-    return "".join(out)
-
-
-def _dollar_quote_possible(sql: str) -> bool:
-    """Whether a ``$`` could open a dollar quote: one not followed by a digit, as in ``$1``."""
-    at = sql.find("$")
-    while at >= 0:
-        if not sql[at + 1 : at + 2].isdigit():
-            return True
-        at = sql.find("$", at + 1)
-    return False
 
 
 class StatementCache:
