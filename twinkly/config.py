@@ -83,6 +83,7 @@ class ComparisonConfig:
     max_target_lag: int = 1000  # truth results the target may lag before the client waits
     max_target_lag_bytes: int = 64 * 1024 * 1024  # truth bytes not yet matched by the target
     sample_rate: float = 1.0
+    hold_bytes: int = 8 * 1024 * 1024  # fail-on-differences: truth bytes held per group
 
 
 @dataclass(frozen=True)
@@ -413,16 +414,10 @@ def _comparison(section: _Section) -> ComparisonConfig:
             "max-target-lag-bytes", 64 * 1024 * 1024, 1024, 1 << 40
         ),
         sample_rate=section.number("sample-rate", 1.0, 0.0, 1.0),
+        hold_bytes=section.integer("hold-bytes", 8 * 1024 * 1024, 1024, 1 << 34),
     )
     normalize.finish()
     section.finish()
-    if config.fail_on_differences:
-        # Refused rather than silently ignored: holding the truth's answers until the
-        # target's are compared is not built yet; differences are reported, not enforced.
-        raise ConfigError(
-            "comparison.fail-on-differences: not supported yet; set it to false"
-            " (differences are reported in the events file)"
-        )
     return config
 
 

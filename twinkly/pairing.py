@@ -138,5 +138,7 @@ class Pairer:
     def _one_sided(self, item: Item, side: str) -> None:
         if type(item) is SyncPoint:
             self.unpaired_syncs += 1  # a Sync one backend ignored (during COPY)
+            if side == "truth" and hasattr(self._observer, "truth_sync_alone"):
+                self._observer.truth_sync_alone(item)
         else:
             self._observer.statement_unpaired(item, side)  # type: ignore[arg-type]

@@ -23,6 +23,7 @@ from twinkly.backend import BackendProtocol, connect_backend, startup_parameters
 from twinkly.compare.comparator import Comparator
 from twinkly.compare.monitor import Monitor
 from twinkly.config import Config
+from twinkly.enforce import Enforcer
 from twinkly.pairing import IPairObserver, PairCounter
 from twinkly.session import Session
 from twinkly.settings import align_settings
@@ -301,6 +302,9 @@ class ProxyFactory(Factory):
             session.analyze = monitor.cache.get
             rows = monitor.settings.max_compared_rows
             session.truth_tracker.sample_rows = session.target_tracker.sample_rows = rows
+            if monitor.settings.fail_on_differences:
+                session.enforcer = Enforcer(session, monitor.settings.hold_bytes)
+                observer.enforcer = session.enforcer  # type: ignore[attr-defined]
         return session
 
     def register(self, session: Session) -> BackendKeyData:

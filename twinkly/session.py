@@ -15,6 +15,7 @@ are only framed and tracked. Flow control is Twisted's producer/consumer:
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.logger import Logger
@@ -32,11 +33,14 @@ from twinkly.responses import (
     ResponseTracker,
 )
 from twinkly.sockets import immediate_writer
-from twinkly.statements import ClientContexts
+from twinkly.statements import INTERNAL, ClientContexts
 from twinkly.wire.backend import ErrorResponse
 from twinkly.wire.buffers import tagged
 from twinkly.wire.framing import MessageFramer, ProtocolViolation
 from twinkly.wire.frontend import CopyFail, Parse, Query, Terminate, encode
+
+if TYPE_CHECKING:
+    from twinkly.enforce import Enforcer
 
 log = Logger()
 
@@ -144,6 +148,7 @@ class Session:
         # Which backend, if only one, a simple query goes to (routing patterns).
         self.router: Callable[[str], str | None] | None = None
         self._target_answers = False  # a routed query: the target's bytes go to the client
+        self.enforcer: Enforcer | None = None  # comparison.fail-on-differences
         self._held: list[bytes] | None = None  # client bytes kept from the target (COPY)
         self._held_bytes = 0
         self._hold_key = 0
@@ -190,8 +195,20 @@ class Session:
         """Bytes from the client; raises ProtocolViolation on malformed framing."""
         messages = self._client_framer.feed(data)
         self.bytes_from_client += len(data)
+        if self.enforcer is not None:
+            self.enforcer.client_messages(messages)
+            return
         if self.router is not None and self._route(data, messages):
             return
+        self._fan_out(data, messages)
+
+    def forward(self, messages: list[tuple[int, bytes]]) -> None:
+        """Send whole client messages on (the enforcer releases them group by group)."""
+        data = b"".join(tagged(bytes((type_byte,)), payload) for type_byte, payload in messages)
+        self._fan_out(data, messages)
+
+    def _fan_out(self, data: bytes, messages: list[tuple[int, bytes]]) -> None:
+        """The client's bytes to both backends, with what each now owes."""
         terminate = False
         copy_from = False
         hold_seq = 0
@@ -311,19 +328,61 @@ class Session:
         if self._held is not None:
             self._release_hold()
 
+    # --- for comparison.fail-on-differences (twinkly/enforce.py) -------------------------
+
+    def deliver(self, data: bytes) -> None:
+        """Bytes for the client that the enforcer has released."""
+        self._to_client(data)
+        self.bytes_to_client += len(data)
+
+    def expectation_of(self, type_byte: int, payload: bytes) -> str | None:
+        kind = CLIENT_EXPECTATIONS.get(type_byte)
+        if kind is not None and type_byte == _DESCRIBE and payload[:1] == b"P":
+            return DESCRIBE_PORTAL
+        return kind
+
+    def internal_query(self, sql: str) -> int:
+        """Run a statement of Twinkly's own on both backends; the client never sees its
+        answer. Returns the sequence number its results carry."""
+        self._seq += 1
+        now = self._now()
+        query = encode(Query(sql))
+        for backend, tracker in (
+            (self.truth, self.truth_tracker),
+            (self.target, self.target_tracker),
+        ):
+            if backend is not None:
+                tracker.expect("Q", now, self._seq, INTERNAL)
+                backend.transport.write(query)
+        return self._seq
+
+    def comparator_holding(self, holding: bool) -> None:
+        observer = self.pairer.observer
+        if hasattr(observer, "holding"):
+            observer.holding = holding
+
+    def target_label(self) -> str:
+        return self.target.config.label if self.target is not None else "the target"
+
     def _is_commit(self, sql: bytes) -> bool:
         infos = self.analyze(sql.decode("utf-8", "replace"))  # type: ignore[misc]
         return len(infos) == 1 and infos[0].transaction == "commit"
 
     def truth_data(self, data: bytes) -> None:
-        self._to_client(data)
-        self.bytes_to_client += len(data)
+        enforcer = self.enforcer
+        if enforcer is None:
+            self._to_client(data)
+            self.bytes_to_client += len(data)
+        else:
+            enforcer.truth_bytes(data)
         tracker = self.truth_tracker
         try:
             tracker.receive(self._truth_framer, data)
         except ProtocolViolation as e:
             self._backend_garbled(self.truth, e)
             return
+        if enforcer is not None:
+            enforcer.after_truth()
         if self.pairer.truth_ahead > self._max_lag:
             self.gate.pause("target-lag")
         if (

@@ -9,6 +9,9 @@ context ``(sql, bind payload or None)``.
 from __future__ import annotations
 
 _QUERY, _PARSE, _BIND, _EXECUTE = ord("Q"), ord("P"), ord("B"), ord("E")
+
+# The context of Twinkly's own statements (transaction wrapping): never compared.
+INTERNAL: tuple = ("<twinkly>", None, ())
 _DESCRIBE, _CLOSE, _FUNCTION_CALL = ord("D"), ord("C"), ord("F")
 
 

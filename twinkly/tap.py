@@ -84,6 +84,7 @@ def build_monitor(config: Config, reactor: object) -> Monitor:
         max_sample_rows=comparison.max_sample_rows,
         max_compared_rows=comparison.max_compared_rows,
         sample_rate=comparison.sample_rate,
+        hold_bytes=comparison.hold_bytes,
         log_errors=config.monitoring.log_errors,
         redact=config.reporting.redact,
     )

@@ -23,6 +23,7 @@ from twinkly.compare.values import decode_columns
 from twinkly.pairing import IPairObserver
 from twinkly.report.events import make_event
 from twinkly.responses import SYNC_SUB, StatementResult, SyncPoint
+from twinkly.statements import INTERNAL
 
 log = Logger()
 
@@ -59,12 +60,16 @@ class Comparator:
         self._last_divergence: str | None = None
         self._truth_last_tag: bytes | None = None
         self._random = random.Random()
+        self.enforcer: object | None = None  # comparison.fail-on-differences
+        self.holding = True  # whether the truth's answer is being held (events say)
         # The truth session's settings (TimeZone, DateStyle...), for repro bundles.
         self.session_settings: Callable[[], dict[str, str]] | None = None
 
     # --- IPairObserver --------------------------------------------------------------
 
     def statements_paired(self, truth: StatementResult, target: StatementResult) -> None:
+        if truth.context is INTERNAL:
+            return  # Twinkly's own statement
         self._truth_last_tag = truth.tag
         monitor = self.monitor
         if monitor.settings.log_errors:
@@ -84,6 +89,8 @@ class Comparator:
         self._judge(truth, target)
 
     def statement_unpaired(self, result: StatementResult, side: str) -> None:
+        if result.context is INTERNAL:
+            return
         if side == "truth":
             self._truth_last_tag = result.tag
         if self.monitor.settings.log_errors:
@@ -121,6 +128,13 @@ class Comparator:
                 )
             self._target_lost_transaction = None
         self._in_transaction = truth.status != "I"
+        if self.enforcer is not None:
+            self.enforcer.truth_synced(truth)
+
+    def truth_sync_alone(self, truth: SyncPoint) -> None:
+        """The truth reached a ReadyForQuery the target never gave (a Sync it ignored)."""
+        if self.enforcer is not None:
+            self.enforcer.truth_synced(truth)
 
     def pairing_abandoned(self, reason: str) -> None:
         log.warn(
@@ -241,7 +255,12 @@ class Comparator:
     def _mismatch(self, kind: str, truth, target, info, **fields: object) -> dict:
         self.monitor.count("mismatched")
         caused_by = self.monitor.cause_of(info.reads) if info is not None else None
-        return self._event(kind, truth, target, info, caused_by=caused_by, **fields)
+        if self.enforcer is not None:
+            fields["held"] = self.holding
+        event = self._event(kind, truth, target, info, caused_by=caused_by, **fields)
+        if self.enforcer is not None:
+            self.enforcer.mismatch(event)
+        return event
 
     def _event(self, kind: str, truth, target, info, **fields: object) -> dict:
         monitor = self.monitor

@@ -35,6 +35,7 @@ class ComparisonSettings:
     max_sample_rows: int = 20
     max_compared_rows: int = 10_000  # rows kept per result for a value-level diff
     sample_rate: float = 1.0
+    hold_bytes: int = 8 * 1024 * 1024
     log_errors: bool = False
     redact: bool = False
 
