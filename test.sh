@@ -7,5 +7,5 @@ cd "$(dirname "$0")"
 scripts/bootstrap.sh
 unit_tests=$(grep -l "SynchronousTestCase" tests/test_*.py)
 # shellcheck disable=SC2086
-.venv/bin/trial $unit_tests
+PYTHONPATH=tests .venv/bin/trial $unit_tests
 exec .venv/bin/python -m pytest -q "$@"

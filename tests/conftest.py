@@ -19,8 +19,9 @@ import pytest
 from twinkly.sandbox import Sandbox, Server
 
 E2E_DIR = Path(__file__).resolve().parent / "e2e"
-if str(E2E_DIR) not in sys.path:
-    sys.path.insert(0, str(E2E_DIR))  # the small helper modules of the e2e tests
+for helpers in (E2E_DIR, E2E_DIR.parent):  # helper modules of the tests, importable by name
+    if str(helpers) not in sys.path:
+        sys.path.insert(0, str(helpers))
 
 from pgwire import free_port  # noqa: E402 - needs the path above
 from proxyproc import (  # noqa: E402
