@@ -3,6 +3,7 @@ Twinkly's own statements do, fed byte by byte through StringTransports."""
 
 from __future__ import annotations
 
+from test_protocols import CONFIG, TCPStringTransport, client_frames, frames, ready_backend
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -12,8 +13,6 @@ from twinkly.proxy import ProxyFactory
 from twinkly.report.sink import MemorySink
 from twinkly.wire import backend as b
 from twinkly.wire import frontend as f
-
-from test_protocols import CONFIG, TCPStringTransport, client_frames, frames, ready_backend
 
 
 def answer(*values: bytes, tag: str = "SELECT 1", status: str = "I") -> bytes:
