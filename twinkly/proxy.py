@@ -214,6 +214,9 @@ class ClientProtocol(Protocol):
         if self._state != "connecting":
             return
         sqlstate = getattr(error, "sqlstate", "08006")
+        monitor = self.factory.monitor
+        if monitor is not None and sqlstate.startswith("08"):  # unreachable, not a refusal
+            monitor.backend_unavailable(str(error), self.factory.reactor.seconds())  # type: ignore[attr-defined]
         self.fail(sqlstate, f"Twinkly: {error}")
 
     def _unexpected(self, failure: Failure) -> None:

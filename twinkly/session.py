@@ -537,7 +537,11 @@ class Session:
                 reason=reason.getErrorMessage(),
             )
             self.target = None
-            self.pairer.abandon(f"the target {backend.config.describe()} closed the connection")
+            reason = f"the target {backend.config.describe()} closed the connection"
+            monitor = getattr(self.pairer.observer, "monitor", None)
+            if monitor is not None:
+                monitor.backend_unavailable(reason, self._now(), self.process_id)
+            self.pairer.abandon(reason)
             self.gate.resume("target-buffer")
             self.gate.resume("target-lag")
 

@@ -182,3 +182,34 @@ def test_bundles_are_written_and_recheckable(start_proxy) -> None:
     result = subprocess.run(recheck, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "now equal" in result.stdout
+
+
+def test_yugabytedb_as_the_source_of_truth(start_proxy) -> None:
+    """comparison.source-of-truth = yugabytedb: the client gets the second backend's
+    answers (here PostgreSQL 18), and events name it as the truth."""
+    proxy = start_proxy(extra='comparison.source-of-truth = "yugabytedb"')
+    assert run(proxy.dsn(), "select current_setting('server_version_num')::int / 10000") == [
+        [(18,)]
+    ]
+    differing_table(proxy, "swapped")  # row 2 differs on pg18, now the truth
+    run(proxy.dsn(), "select * from swapped")
+    (event,) = [e for e in events_of(proxy) if e["kind"] == "result_mismatch"]
+    assert (event["truth"]["label"], event["target"]["label"]) == ("pg18", "pg15")
+
+
+def test_unreachable_target_is_an_event(start_proxy) -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed_port = s.getsockname()[1]
+    proxy = start_proxy(ready=False, target_port=closed_port)
+    deadline = time.monotonic() + 15
+    while not proxy.accepts():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    with pytest.raises(psycopg.OperationalError):
+        psycopg.connect(proxy.dsn())
+    (event,) = events_of(proxy)
+    assert event["kind"] == "backend_unavailable"
+    assert "pg18" in event["reason"]

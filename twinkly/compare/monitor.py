@@ -61,6 +61,23 @@ class Monitor:
         self.events: Counter[str] = Counter()
         self.tainted: dict[str, str] = {}  # table -> id of the first diverging write
 
+    def backend_unavailable(self, reason: str, now: float, session: int | None = None) -> None:
+        """A backend could not be reached, or was lost: that is an event too."""
+        from twinkly.report.events import make_event
+
+        event = make_event(
+            "backend_unavailable",
+            now=now,
+            session=session,
+            statement=None,
+            fingerprint=None,
+            truth=None,
+            target=None,
+            reason=reason,
+        )
+        self.events["backend_unavailable"] += 1
+        self.sink.emit(event)
+
     def count(self, outcome: str, n: int = 1) -> None:
         self.outcomes[outcome] += n
 
