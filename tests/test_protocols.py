@@ -421,3 +421,27 @@ class CopyHoldTests(SynchronousTestCase):
         self.assertFalse(self.target.transport.disconnecting, "the target is drained")
         self.target.dataReceived(f.encode(b.CopyInResponse(0, (0,))))
         self.assertEqual(self.target.transport.value(), copy + data + f.encode(f.Terminate()))
+
+    def test_truth_several_copies_ahead_does_not_fail_the_targets_copy(self) -> None:
+        """The truth finished COPY #2 and started #3 before the slow target began #2:
+        the target's COPY #2 is one the truth ran, so it must not be failed."""
+        begin = f.encode(b.CopyInResponse(0, (0,)))
+        done = f.encode(b.CommandComplete("COPY 1")) + f.encode(b.ReadyForQuery("I"))
+        data = f.encode(f.CopyData(b"1\n")) + f.encode(f.CopyDone())
+        copy = f.encode(f.Query("copy t from stdin"))
+        self.h.client.dataReceived(copy)  # COPY #1: both start it before any data
+        self.truth.dataReceived(begin)
+        self.target.dataReceived(begin)
+        self.h.client.dataReceived(data)
+        self.truth.dataReceived(done)
+        self.h.client.dataReceived(copy)  # COPY #2, held from the target
+        self.truth.dataReceived(begin)
+        self.h.client.dataReceived(data)
+        self.truth.dataReceived(done)
+        self.h.client.dataReceived(copy)  # COPY #3: the truth is copying again
+        self.truth.dataReceived(begin)
+        self.target.dataReceived(done)  # the target ends COPY #1...
+        self.target.dataReceived(begin)  # ...and only now begins COPY #2
+        sent = client_frames(self.target.transport.value())
+        self.assertNotIn(f.CopyFail, [type(m) for m in sent])
+        self.assertEqual([type(m) for m in sent].count(f.CopyDone), 2)

@@ -86,6 +86,10 @@ class Pairer:
     def truth_head(self) -> Item | None:
         return self._truth[0] if self._truth else None
 
+    def truth_pending(self) -> deque[Item]:
+        """The truth's items still waiting for the target's, oldest first (read only)."""
+        return self._truth
+
     def add_truth(self, item: Item) -> None:
         if self.abandoned is not None:
             self.dropped += 1

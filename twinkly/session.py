@@ -300,19 +300,33 @@ class Session:
         if self._held is None or self.target is None:
             return
         first, last = self._hold_key, self._hold_key | SYNC_SUB
-        target, truth = self.target_tracker, self.truth_tracker
+        target = self.target_tracker
         target_copying = target.copy_in and first <= target.copy_key <= last
         if not target_copying:
             if target.last_key < first:
                 return  # the target has not answered the COPY statement yet
         else:
-            truth_copying = first <= truth.copy_key <= last and truth.copy_key >= target.copy_key
-            if not truth_copying:
-                if truth.last_key < target.copy_key:
-                    return  # the truth has not answered that statement yet
+            copied = self._truth_copied(target.copy_key)
+            if copied is None:
+                return  # the truth has not answered that statement yet
+            if not copied:
                 self._fail_target_copy()
                 return
         self._release_hold()
+
+    def _truth_copied(self, key: int) -> bool | None:
+        """Whether the truth ran the statement ``key`` as COPY FROM STDIN; None while
+        that is not known yet. The truth may be several statements ahead, so its answer
+        is looked up among its results still waiting for the target's."""
+        current = self.truth_tracker.current
+        if current is not None and current.key == key:
+            return True if current.copy == "in" else None
+        for item in self.pairer.truth_pending():
+            if item.key == key:
+                return getattr(item, "copy", None) == "in"
+            if item.key > key:
+                return False  # the truth went past it without a result: it skipped it
+        return False if self.truth_tracker.last_key >= key else None
 
     def _release_hold(self) -> None:
         held, self._held = self._held, None
@@ -495,12 +509,8 @@ class Session:
         copying = self.target_tracker.current
         if copying is None or copying.copy != "in" or self.target is None:
             return
-        head = self.pairer.truth_head()
-        if head is None or head.key < copying.key:
-            return  # the truth has not got that far yet
-        if head.key == copying.key and getattr(head, "copy", None) == "in":
-            return  # both are copying: the client's data goes to both
-        self._fail_target_copy()
+        if self._truth_copied(copying.key) is False:
+            self._fail_target_copy()
 
     # --- ending --------------------------------------------------------------------
 
