@@ -36,7 +36,15 @@ def twistd_command(config_path: Path) -> list[str]:
     return [str(twistd), "-n", "--pidfile=", "twinkly", "--config", str(config_path)]
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main() -> int:
+    # Ctrl-C and SIGTERM both stop Twinkly and the servers (a background job would
+    # otherwise ignore SIGINT, and SIGTERM would leave the servers running).
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
     listen_port = int(os.environ.get("TWINKLY_PORT", "5431"))
     with Sandbox() as sandbox:
         truth, target = sandbox.start()
