@@ -63,7 +63,8 @@ def main() -> int:
             return proxy.wait()
         except KeyboardInterrupt:
             proxy.send_signal(signal.SIGTERM)
-            return proxy.wait()
+            proxy.wait()
+            return 0  # stopped on request
 
 
 if __name__ == "__main__":
