@@ -24,12 +24,12 @@ from zope.interface import implementer
 
 from twinkly.backend import BackendProtocol, send_cancel
 from twinkly.config import Config
+from twinkly.copies import CopyAlignment, may_copy_from
 from twinkly.pairing import IPairObserver, Pairer
 from twinkly.responses import (
     CLIENT_EXPECTATIONS,
     DESCRIBE_PORTAL,
     SUB_BITS,
-    SYNC_SUB,
     ResponseTracker,
 )
 from twinkly.sockets import immediate_writer
@@ -37,7 +37,7 @@ from twinkly.statements import INTERNAL, ClientContexts
 from twinkly.wire.backend import ErrorResponse
 from twinkly.wire.buffers import tagged
 from twinkly.wire.framing import MessageFramer, ProtocolViolation
-from twinkly.wire.frontend import CopyFail, Parse, Query, Terminate, encode
+from twinkly.wire.frontend import Parse, Query, Terminate, encode
 
 if TYPE_CHECKING:
     from twinkly.enforce import Enforcer
@@ -49,13 +49,6 @@ _DESCRIBE = ord("D")
 _QUERY = ord("Q")
 _PARSE = ord("P")
 _EXECUTE = ord("E")
-HOLD_BYTES = 1024 * 1024  # client bytes held for the target before the client waits
-
-
-def _may_copy_from(payload: bytes) -> bool:
-    """Whether a Query or Parse may start COPY FROM STDIN (a cheap, generous test)."""
-    lowered = payload.lower()
-    return b"copy" in lowered and b"stdin" in lowered
 
 
 DRAIN_SECONDS = 30.0  # how long a closed session waits for a backend's owed answers
@@ -134,7 +127,8 @@ class Session:
         self.pairer = Pairer(observer, flow.max_held_results)
         self.truth_tracker = ResponseTracker(self.pairer.add_truth, self._now)
         self.target_tracker = ResponseTracker(self.pairer.add_target, self._now)
-        self.target_tracker.on_copy_in = self._check_target_copy
+        self.copies = CopyAlignment(self)
+        self.target_tracker.on_copy_in = self.copies.check_target_copy
         self._client_framer = MessageFramer(config.proxy.max_message_bytes)
         self._truth_framer = truth.framer
         self._target_framer = target.framer
@@ -149,9 +143,6 @@ class Session:
         self.router: Callable[[str], str | None] | None = None
         self._target_answers = False  # a routed query: the target's bytes go to the client
         self.enforcer: Enforcer | None = None  # comparison.fail-on-differences
-        self._held: list[bytes] | None = None  # client bytes kept from the target (COPY)
-        self._held_bytes = 0
-        self._hold_key = 0
         self.analyze: Callable[[str], tuple] | None = None
         self._seq = 0  # client messages that owe a response, numbered
         self._pairing_logged = False
@@ -228,7 +219,7 @@ class Session:
                     truth_expect(kind, now, seq, context)
                     target_expect(kind, now, seq, context)
                     if type_byte == _QUERY or type_byte == _PARSE:
-                        copy_from = _may_copy_from(payload)
+                        copy_from = may_copy_from(payload)
                         if copy_from and type_byte == _QUERY:
                             hold_seq = seq
                     elif type_byte == _EXECUTE and copy_from:
@@ -240,14 +231,12 @@ class Session:
         if self.target is not None:
             if self.truth_tracker.status == "E" and self.analyze is not None:
                 data = self._commit_becomes_rollback(data, messages)
-            if self._held is not None:
-                self._hold(data)
+            if self.copies.holding:
+                self.copies.hold(data)
             else:
                 self._to_target(data)
                 if hold_seq:
-                    self._held = []
-                    self._held_bytes = 0
-                    self._hold_key = hold_seq << SUB_BITS
+                    self.copies.start(hold_seq << SUB_BITS)
         if terminate:
             self.close(client_terminated=True)
 
@@ -282,65 +271,6 @@ class Session:
                 pid=self.process_id,
             )
         return b"".join(out) if changed else data
-
-    # --- COPY FROM STDIN that only one backend may run --------------------------------
-
-    def _hold(self, data: bytes) -> None:
-        """Keep the client's bytes from the target while it may be in COPY FROM STDIN."""
-        assert self._held is not None
-        self._held.append(data)
-        self._held_bytes += len(data)
-        if self._held_bytes > HOLD_BYTES:
-            self.gate.pause("copy-hold")
-
-    def _check_copy_hold(self) -> None:
-        """Release the held bytes once both backends have shown how they answered the
-        COPY: if the target copies and the truth does not, end the target's COPY first
-        (the client will send no data for it); otherwise the bytes go on as they are."""
-        if self._held is None or self.target is None:
-            return
-        first, last = self._hold_key, self._hold_key | SYNC_SUB
-        target = self.target_tracker
-        target_copying = target.copy_in and first <= target.copy_key <= last
-        if not target_copying:
-            if target.last_key < first:
-                return  # the target has not answered the COPY statement yet
-        else:
-            copied = self._truth_copied(target.copy_key)
-            if copied is None:
-                return  # the truth has not answered that statement yet
-            if not copied:
-                self._fail_target_copy()
-                return
-        self._release_hold()
-
-    def _truth_copied(self, key: int) -> bool | None:
-        """Whether the truth ran the statement ``key`` as COPY FROM STDIN; None while
-        that is not known yet. The truth may be several statements ahead, so its answer
-        is looked up among its results still waiting for the target's."""
-        current = self.truth_tracker.current
-        if current is not None and current.key == key:
-            return True if current.copy == "in" else None
-        for item in self.pairer.truth_pending():
-            if item.key == key:
-                return getattr(item, "copy", None) == "in"
-            if item.key > key:
-                return False  # the truth went past it without a result: it skipped it
-        return False if self.truth_tracker.last_key >= key else None
-
-    def _release_hold(self) -> None:
-        held, self._held = self._held, None
-        for chunk in held or ():
-            self._to_target(chunk)
-        self.gate.resume("copy-hold")
-
-    def _fail_target_copy(self) -> None:
-        """End the target's COPY; what the client sent since then may follow it."""
-        message = "COPY ended by Twinkly: the source of truth did not run this COPY"
-        self._to_target(encode(CopyFail(message)))
-        self.target_tracker.copy_in = False
-        if self._held is not None:
-            self._release_hold()
 
     # --- for comparison.fail-on-differences (twinkly/enforce.py) -------------------------
 
@@ -407,10 +337,10 @@ class Session:
             # The target is that far behind within the truth's answers: the client
             # waits (the truth is not read) until the target catches up.
             self.truth_gate.pause("target-lag-bytes")
-        if self._held is not None:
-            self._check_copy_hold()
+        if self.copies.holding:
+            self.copies.check()
         elif self.target_tracker.copy_in:
-            self._check_target_copy()
+            self.copies.check_target_copy()
         self._check_flow(tracker)
 
     def target_data(self, data: bytes) -> None:
@@ -425,8 +355,8 @@ class Session:
         if self._target_answers and not tracker.owed:
             self._target_answers = False
             self.gate.resume("routed")
-        if self._held is not None:
-            self._check_copy_hold()
+        if self.copies.holding:
+            self.copies.check()
         self._check_flow(tracker)
 
     def _route(self, data: bytes, messages: list[tuple[int, bytes]]) -> bool:
@@ -499,19 +429,6 @@ class Session:
         )
         self.gate.resume("target-lag")
 
-    def _check_target_copy(self) -> None:
-        """End a COPY FROM STDIN the target started but the truth did not.
-
-        The client only sends COPY data for the truth's COPY; a target waiting for data
-        that will never come would stall its whole pipeline. Once the truth has answered
-        the same statement without a COPY FROM STDIN (or gone past it), fail the target's.
-        """
-        copying = self.target_tracker.current
-        if copying is None or copying.copy != "in" or self.target is None:
-            return
-        if self._truth_copied(copying.key) is False:
-            self._fail_target_copy()
-
     # --- ending --------------------------------------------------------------------
 
     def _backend_garbled(self, backend: BackendProtocol, error: ProtocolViolation) -> None:
@@ -570,10 +487,10 @@ class Session:
                 continue
             # A backend that still owes answers is drained so they get compared.
             drain = DRAIN_SECONDS if tracker.owed and self.pairer.abandoned is None else 0.0
-            if backend is self.target and self._held is not None:
+            if backend is self.target and self.copies.holding:
                 # Bytes held during a COPY go first, then the goodbye, in order.
                 if not client_terminated:
-                    self._held.append(encode(Terminate()))
+                    self.copies.hold(encode(Terminate()))
                 backend.terminate(send=False, drain=DRAIN_SECONDS)
                 continue
             backend.terminate(send=not client_terminated, drain=drain)
