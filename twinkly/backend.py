@@ -90,7 +90,6 @@ class BackendProtocol(Protocol):
         self.leftover: list[tuple[int, bytes]] = []
         self.on_data: Callable[[bytes], None] | None = None
         self.on_lost: Callable[[BackendProtocol, Failure], None] | None = None
-        self.connected_ok = False
         self._auth = BackendAuthenticator(parameters["user"], config.password, config.describe())
         self._awaiting_ssl = False
         self._timeout = None
@@ -177,7 +176,6 @@ class BackendProtocol(Protocol):
                 if self._startup_message(type_byte, payload):
                     self.leftover = messages[index + 1 :]
                     self._cancel_timeout()
-                    self.connected_ok = True
                     self.ready.callback(self)
                     return
         except (ProtocolViolation, AuthenticationFailed, BackendError) as e:

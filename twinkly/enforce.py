@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections import deque
 from typing import TYPE_CHECKING
 
-from twinkly.responses import SUB_BITS, SyncPoint
+from twinkly.responses import SUB_BITS, SyncPoint, expectation_for
 from twinkly.wire.backend import ErrorResponse
 from twinkly.wire.frontend import encode
 
@@ -82,7 +82,7 @@ class Enforcer:
                 if self.wrapped:
                     self._internal("BEGIN", "begin")
                 self.group = session._seq + sum(
-                    1 for t, p in batch if session.expectation_of(t, p) is not None
+                    1 for t, p in batch if expectation_for(t, p) is not None
                 )
                 session.comparator_holding(True)
                 if busy:

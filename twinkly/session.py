@@ -279,12 +279,6 @@ class Session:
         self._to_client(data)
         self.bytes_to_client += len(data)
 
-    def expectation_of(self, type_byte: int, payload: bytes) -> str | None:
-        kind = CLIENT_EXPECTATIONS.get(type_byte)
-        if kind is not None and type_byte == _DESCRIBE and payload[:1] == b"P":
-            return DESCRIBE_PORTAL
-        return kind
-
     def internal_query(self, sql: str) -> int:
         """Run a statement of Twinkly's own on both backends; the client never sees its
         answer. Returns the sequence number its results carry."""

@@ -170,7 +170,12 @@ def test_target_failure_inside_a_committed_transaction_is_reported_once(comparin
 def test_truth_failure_rolls_back_the_target_even_on_commit(comparing) -> None:
     proxy, events = comparing
     direct(proxy.truth_dsn, "drop table if exists only_target", "drop table if exists kept")
-    direct(proxy.target_dsn, "drop table if exists only_target", "create table only_target (n int)")
+    direct(
+        proxy.target_dsn,
+        "drop table if exists only_target",
+        "drop table if exists kept",
+        "create table only_target (n int)",
+    )
     run(proxy, "create table kept (n int)")
     with psycopg.connect(proxy.dsn(), autocommit=True) as conn:
         conn.execute("begin")

@@ -24,6 +24,9 @@ from twinkly.pairing import IPairObserver
 from twinkly.report.events import make_event
 from twinkly.responses import SYNC_SUB, StatementResult, SyncPoint
 from twinkly.statements import INTERNAL
+from twinkly.wire.buffers import Reader
+from twinkly.wire.framing import ProtocolViolation
+from twinkly.wire.frontend import Bind
 
 log = Logger()
 
@@ -264,14 +267,15 @@ class Comparator:
 
     def _event(self, kind: str, truth, target, info, **fields: object) -> dict:
         monitor = self.monitor
+        parameters, formats = _bound_parameters(truth)
         return self._emit(
             kind,
             statement=_statement_text(info, truth, monitor.settings.redact),
             fingerprint=info.fingerprint if info is not None else None,
             truth=summary(truth, monitor.truth_label),
             target=summary(target, monitor.target_label),
-            parameters=None if monitor.settings.redact else _parameters(truth),
-            parameter_formats=_parameter_formats(truth),
+            parameters=None if monitor.settings.redact else parameters,
+            parameter_formats=formats,
             parameter_types=list(truth.context[2]) if truth.context else None,
             settings=self.session_settings() if self.session_settings else None,
             **fields,
@@ -316,41 +320,26 @@ def _statement_text(info: StatementInfo | None, result: StatementResult, redact:
     return result.context[0] if result.context else "<unknown>"
 
 
-def _parameters(result: StatementResult) -> list | None:
+def _bound_parameters(result: StatementResult) -> tuple[list | None, list[int] | None]:
+    """The Bind's parameters as text (binary ones as bytea-style hex) and its formats."""
     context = result.context
     if context is None or context[1] is None:
-        return None
-    from twinkly.wire.buffers import Reader
-    from twinkly.wire.frontend import Bind
-
+        return None, None
     try:
         bind = Bind.read(Reader(context[1]))
-    except Exception:
-        return None
+    except ProtocolViolation:
+        return None, None
     formats = bind.parameter_formats
-    out = []
+    out: list[str | None] = []
     for index, value in enumerate(bind.parameters[:100]):
         binary = (formats[index] if len(formats) > 1 else formats[0] if formats else 0) == 1
         if value is None:
             out.append(None)
         elif binary:
-            out.append("\\x" + value.hex())  # binary parameters as bytea-style hex
+            out.append("\\x" + value.hex())
         else:
             out.append(value.decode("utf-8", "replace"))
-    return out
-
-
-def _parameter_formats(result: StatementResult) -> list[int] | None:
-    context = result.context
-    if context is None or context[1] is None:
-        return None
-    from twinkly.wire.buffers import Reader
-    from twinkly.wire.frontend import Bind
-
-    try:
-        return list(Bind.read(Reader(context[1])).parameter_formats)
-    except Exception:
-        return None
+    return out, list(formats)
 
 
 def _difference(difference: object) -> dict:

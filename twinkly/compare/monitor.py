@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from twinkly.compare.sql import StatementCache
 from twinkly.compare.values import NormalizationRules
+from twinkly.report.events import make_event
 from twinkly.report.sink import IEventSink
 
 # Every compared statement ends in exactly one of these, so metrics never lie:
@@ -63,8 +64,6 @@ class Monitor:
 
     def backend_unavailable(self, reason: str, now: float, session: int | None = None) -> None:
         """A backend could not be reached, or was lost: that is an event too."""
-        from twinkly.report.events import make_event
-
         event = make_event(
             "backend_unavailable",
             now=now,
