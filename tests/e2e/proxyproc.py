@@ -213,3 +213,16 @@ def query_all(dsn: str, sql: str, params: Any = None) -> list[tuple]:
 
     with psycopg.connect(dsn, autocommit=True) as conn:
         return conn.execute(sql, params).fetchall()
+
+
+def same_as_truth(proxy: ProxyProcess, oracle_dsn: str, scenario: Any, **connect: Any) -> Any:
+    """Run one client scenario through the proxy and directly on the truth's oracle
+    database; the answers must be equal. Returns the proxy's."""
+    import psycopg
+
+    with psycopg.connect(proxy.dsn(), **connect) as conn:
+        got = scenario(conn)
+    with psycopg.connect(oracle_dsn, **connect) as conn:
+        want = scenario(conn)
+    assert got == want
+    return got

@@ -12,6 +12,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from proxyproc import same_as_truth
 from psycopg.types.json import Jsonb
 
 pytestmark = pytest.mark.backends
@@ -27,15 +28,6 @@ def outcome(conn: psycopg.Connection, sql: str, params: Any = None, **kw: Any) -
         return ("error", e.sqlstate, type(e).__name__)
     rows = cur.fetchall() if cur.description is not None else None
     return (cur.statusmessage, cur.rowcount, rows)
-
-
-def same_as_truth(proxy, oracle_dsn: str, scenario: Scenario, **connect: Any) -> list[Any]:
-    with psycopg.connect(proxy.dsn(), **connect) as conn:
-        got = scenario(conn)
-    with psycopg.connect(oracle_dsn, **connect) as conn:
-        want = scenario(conn)
-    assert got == want
-    return got
 
 
 def test_simple_queries_autocommit(proxy, oracle_dsn, both_equal) -> None:

@@ -9,17 +9,9 @@ from typing import Any
 
 import psycopg
 import pytest
+from proxyproc import same_as_truth
 
 pytestmark = pytest.mark.backends
-
-
-def _same_as_truth(proxy, oracle_dsn: str, scenario, **connect: Any) -> list[Any]:
-    with psycopg.connect(proxy.dsn(), **connect) as conn:
-        got = scenario(conn)
-    with psycopg.connect(oracle_dsn, **connect) as conn:
-        want = scenario(conn)
-    assert got == want
-    return got
 
 
 def test_pipeline_with_an_error_in_the_middle(proxy, oracle_dsn, both_equal) -> None:
@@ -60,7 +52,7 @@ def test_pipeline_with_an_error_in_the_middle(proxy, oracle_dsn, both_equal) -> 
         out.append(conn.execute("select 'out of the pipeline'").fetchall())
         return out
 
-    got = _same_as_truth(proxy, oracle_dsn, scenario, autocommit=True)
+    got = same_as_truth(proxy, oracle_dsn, scenario, autocommit=True)
     assert got[0] == ("error", "23505")
     assert got[1] == (100, 99)
     assert got[2][-1] == [(100,)]
@@ -81,7 +73,7 @@ def test_pipeline_in_a_transaction(proxy, oracle_dsn, both_equal) -> None:
             conn.rollback()
         return conn.execute("select count(*), sum(id) from pipe_tx").fetchall()
 
-    assert _same_as_truth(proxy, oracle_dsn, scenario) == [(300, sum(range(300)))]
+    assert same_as_truth(proxy, oracle_dsn, scenario) == [(300, sum(range(300)))]
     both_equal("select count(*), sum(id) from pipe_tx")
 
 
@@ -122,7 +114,7 @@ def test_copy_from_stdin_and_to_stdout(proxy, oracle_dsn, both_equal) -> None:
         out.append(conn.execute("select count(*) from copy_t").fetchone())
         return out
 
-    got = _same_as_truth(proxy, oracle_dsn, scenario, autocommit=True)
+    got = same_as_truth(proxy, oracle_dsn, scenario, autocommit=True)
     assert got[:3] == [20000, 2, ("error", "22P02")]
     assert got[4][0] == 20002
     assert got[5] == b"0\n1\n2\n3\n4\n"
