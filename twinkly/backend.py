@@ -123,6 +123,12 @@ class BackendProtocol(Protocol):
                     f" {reason.getErrorMessage()}"
                 )
             )
+        elif self._query is not None:
+            self._query_done(
+                BackendError(
+                    f"{self.config.describe()} closed the connection: {reason.getErrorMessage()}"
+                )
+            )
         elif self.on_lost is not None:
             on_lost, self.on_lost = self.on_lost, None
             on_lost(self, reason)
@@ -189,9 +195,15 @@ class BackendProtocol(Protocol):
     def run_query(self, sql: str) -> defer.Deferred[list[list[str | None]]]:
         """Run one simple query of Twinkly's own (to align session settings) before the
         session takes the connection over; fires with the rows as text."""
+        return self.run_messages(encode(Query(sql)))
+
+    def run_messages(self, data: bytes) -> defer.Deferred[list[list[str | None]]]:
+        """Send encoded messages ending in a Query or a Sync (a side connection's
+        EXPLAIN); fires with the rows as text once ReadyForQuery comes, or a BackendError
+        with the first error."""
         assert self.on_data is None and self._query is None
         self._query = ([], None, defer.Deferred())
-        self.transport.write(encode(Query(sql)))
+        self.transport.write(data)
         for type_byte, payload in self.leftover:
             self._query_message(type_byte, payload)
         self.leftover = []
@@ -214,7 +226,7 @@ class BackendProtocol(Protocol):
             rows.append(
                 [None if v is None else v.decode() for v in DataRow.read(Reader(payload)).values]
             )
-        elif type_byte == ord("E"):
+        elif type_byte == ord("E") and error is None:
             fields = ErrorResponse.read(Reader(payload))
             self._query = (
                 rows,

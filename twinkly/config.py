@@ -68,6 +68,30 @@ class ProxyConfig:
 
 
 @dataclass(frozen=True)
+class ExplainConfig:
+    """comparison.explain: plans of slow statements, taken on side connections."""
+
+    enabled: bool = True
+    analyze: bool = True  # EXPLAIN ANALYZE what is provably read-only
+    statement_timeout: float = 5.0
+    max_concurrent: int = 2
+    max_queued: int = 16
+
+
+@dataclass(frozen=True)
+class AIConfig:
+    """comparison.ai: an OpenAI-compatible endpoint explaining slow statements."""
+
+    enabled: bool = False
+    endpoint: str = "http://127.0.0.1:8080/v1/chat/completions"
+    model: str = "gpt-4o-mini"
+    api_key_env: str = "TWINKLY_AI_API_KEY"  # the key itself never sits in the file
+    timeout: float = 30.0
+    max_per_minute: int = 6
+    redact: bool = True
+
+
+@dataclass(frozen=True)
 class ComparisonConfig:
     enabled: bool = True
     source_of_truth: str = "postgresql"
@@ -84,6 +108,14 @@ class ComparisonConfig:
     max_target_lag_bytes: int = 64 * 1024 * 1024  # truth bytes not yet matched by the target
     sample_rate: float = 1.0
     hold_bytes: int = 8 * 1024 * 1024  # fail-on-differences: truth bytes held per group
+    report_slow_queries: bool = True
+    fail_on_slow_queries: bool = False
+    slow_query_ratio: float = 4.0
+    slow_query_min_ms: float = 10.0
+    slow_query_min_samples: int = 20
+    slow_query_interval: float = 60.0  # seconds between slow_query events of a fingerprint
+    explain: ExplainConfig = field(default_factory=ExplainConfig)
+    ai: AIConfig = field(default_factory=AIConfig)
 
 
 @dataclass(frozen=True)
@@ -415,8 +447,44 @@ def _comparison(section: _Section) -> ComparisonConfig:
         ),
         sample_rate=section.number("sample-rate", 1.0, 0.0, 1.0),
         hold_bytes=section.integer("hold-bytes", 8 * 1024 * 1024, 1024, 1 << 34),
+        report_slow_queries=section.boolean("report-slow-queries", True),
+        fail_on_slow_queries=section.boolean("fail-on-slow-queries", False),
+        slow_query_ratio=section.number("slow-query-ratio", 4.0, 1.0, 1e6),
+        slow_query_min_ms=section.number("slow-query-min-ms", 10.0, 0.0, 1e9),
+        slow_query_min_samples=section.integer("slow-query-min-samples", 20, 1, 1 << 31),
+        slow_query_interval=section.seconds("slow-query-interval", 60.0),
+        explain=_explain(section.section("explain")),
+        ai=_ai(section.section("ai")),
     )
     normalize.finish()
+    section.finish()
+    return config
+
+
+def _explain(section: _Section) -> ExplainConfig:
+    config = ExplainConfig(
+        enabled=section.boolean("enabled", True),
+        analyze=section.boolean("analyze", True),
+        statement_timeout=section.seconds("statement-timeout", 5.0),
+        max_concurrent=section.integer("max-concurrent", 2, 1, 64),
+        max_queued=section.integer("max-queued", 16, 0, 10_000),
+    )
+    section.finish()
+    return config
+
+
+def _ai(section: _Section) -> AIConfig:
+    config = AIConfig(
+        enabled=section.boolean("enabled", False),
+        endpoint=section.string("endpoint", AIConfig.endpoint),
+        model=section.string("model", AIConfig.model),
+        api_key_env=section.string("api-key-env", AIConfig.api_key_env),
+        timeout=section.seconds("timeout", 30.0),
+        max_per_minute=section.integer("max-per-minute", 6, 0, 100_000),
+        redact=section.boolean("redact", True),
+    )
+    if config.enabled and not config.endpoint.startswith(("http://", "https://")):
+        raise ConfigError(f"{section._key('endpoint')}: must be an http:// or https:// URL")
     section.finish()
     return config
 

@@ -94,6 +94,8 @@ class CopyAlignment:
         held, self._held = self._held, None
         for chunk in held or ():
             self.session._to_target(chunk)
+        if held:
+            self.session.target_tracker.sent(self.session._now())
         self.session.gate.resume("copy-hold")
 
     def fail_target_copy(self) -> None:

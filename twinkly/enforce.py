@@ -1,4 +1,5 @@
-"""comparison.fail-on-differences: the client sees no answer the target contradicts.
+"""comparison.fail-on-differences: the client sees no answer the target contradicts
+(and comparison.fail-on-slow-queries: none the target was too slow to give).
 
 The truth's bytes are held per sync group (a simple Query, or everything up to a Sync)
 until both backends' results are judged. Equal: the held bytes go to the client. Different:
@@ -21,6 +22,8 @@ from __future__ import annotations
 from collections import deque
 from typing import TYPE_CHECKING
 
+from twisted.internet.defer import Deferred, DeferredList
+
 from twinkly.responses import SUB_BITS, SyncPoint, expectation_for
 from twinkly.wire.backend import ErrorResponse
 from twinkly.wire.frontend import encode
@@ -38,9 +41,11 @@ _READY = 6  # bytes of a ReadyForQuery message
 class Enforcer:
     """Holds one session's truth answers per group and settles each group."""
 
-    def __init__(self, session: Session, cap: int) -> None:
+    def __init__(self, session: Session, cap: int, differences: bool = True) -> None:
         self.session = session
         self.cap = cap
+        self.differences = differences  # fail on mismatches (else only on slow statements)
+        self.slow_pending: list[Deferred[dict]] = []  # slow_query events being written
         self.queue: deque[tuple[int, bytes]] = deque()  # client messages not yet sent
         self.held = bytearray()  # truth bytes not yet delivered, from offset `start`
         self.start = 0
@@ -151,8 +156,23 @@ class Enforcer:
 
     def mismatch(self, event: dict) -> None:
         """The comparator found a real difference in the open group."""
-        if self.failure is None and self.group is not None:
+        if self.differences and self.failure is None and self.group is not None:
             self.failure = event
+
+    def slow(self, written: Deferred[dict]) -> None:
+        """comparison.fail-on-slow-queries: a statement of the open group was too slow on
+        the target. Its event (with both plans, for the DETAIL) is awaited before the
+        group is settled; a mismatch found meanwhile takes precedence."""
+        if self.group is None or self.streaming:
+            return
+        self.slow_pending.append(written)
+
+        def written_(event: dict) -> dict:
+            if self.failure is None and self.group is not None:
+                self.failure = event
+            return event
+
+        written.addCallback(written_)
 
     def truth_synced(self, point: SyncPoint) -> None:
         """The truth's ReadyForQuery, once both backends' results up to it are judged."""
@@ -167,6 +187,14 @@ class Enforcer:
         if seq != self.group:
             self._deliver_until(point.end)
             return
+        waiting = [d for d in self.slow_pending if not d.called]
+        if waiting and not self.streaming:
+            # Settle once the slow statements' plans are in (bounded by the EXPLAIN
+            # statement_timeout); nothing else is sent meanwhile: the group is open.
+            gathered = DeferredList(waiting, consumeErrors=True)
+            gathered.addCallback(lambda _: self.truth_synced(point))
+            return
+        self.slow_pending = []
         if self.streaming or (self.failure is None and not self.wrapped):
             self._deliver_until(point.end)
             self._done()
@@ -209,12 +237,34 @@ class Enforcer:
         event = self.failure or {}
         session = self.session
         truth, target = session.truth.config.label, session.target_label()
+        if event.get("kind") == "slow_query":
+            message = (
+                f"Twinkly: {target} is {event.get('ratio')}x slower than {truth}:"
+                f" {event.get('reason')}"
+            )
+            return encode(ErrorResponse.make("ERROR", "TW003", message, _slow_detail(event)))
         if event.get("kind") == "error_divergence":
             code, what = "TW002", f"one-sided error: {event.get('reason')}"
         else:
             code, what = "TW001", f"result mismatch ({event.get('kind')})"
         message = f"Twinkly: {truth} and {target} disagree: {what}"
         return encode(ErrorResponse.make("ERROR", code, message, _detail(event)))
+
+
+def _slow_detail(event: dict) -> str:
+    """Both plans in a line each, then the most likely cause."""
+    summaries = event.get("plan_summary") or {}
+    errors = event.get("plan_errors") or {}
+    parts = []
+    for side in ("truth", "target"):
+        label = (event.get(side) or {}).get("label", side)
+        plan = summaries.get(side) or f"no plan ({errors.get(side) or 'not taken'})"
+        parts.append(f"{label} plan: {plan}")
+    insights = event.get("insights") or []
+    if insights:
+        parts.append(f"likely cause: {insights[0].get('message')}")
+    parts.append(f"event {event.get('id')}")
+    return "; ".join(parts)
 
 
 def _detail(event: dict) -> str:

@@ -305,8 +305,11 @@ class ProxyFactory(Factory):
             session.analyze = monitor.cache.get
             rows = monitor.settings.max_compared_rows
             session.truth_tracker.sample_rows = session.target_tracker.sample_rows = rows
-            if monitor.settings.fail_on_differences:
-                session.enforcer = Enforcer(session, monitor.settings.hold_bytes)
+            settings = monitor.settings
+            if settings.fail_on_differences or settings.fail_on_slow_queries:
+                session.enforcer = Enforcer(
+                    session, settings.hold_bytes, settings.fail_on_differences
+                )
                 observer.enforcer = session.enforcer  # type: ignore[attr-defined]
         return session
 
@@ -322,6 +325,7 @@ class ProxyFactory(Factory):
         if isinstance(session.pairer.observer, Comparator):
             session.pairer.observer.session_id = process_id
             session.pairer.observer.session_settings = session.truth_settings
+            session.pairer.observer.sides = session.side_connections
         return BackendKeyData(process_id, secret)
 
     def unregister(self, session: Session) -> None:

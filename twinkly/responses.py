@@ -111,6 +111,7 @@ class StatementResult:
         "started",
         "suspended",
         "tag",
+        "timed",
     )
 
     def __init__(
@@ -123,6 +124,8 @@ class StatementResult:
         self.sample: list[bytes] | None = [] if context is not None else None
         self.started = started
         self.finished = started
+        # False when the time is not the server's alone (its stream was paused by Twinkly).
+        self.timed = True
         self.columns: bytes | None = None
         # True when ``columns`` came from an earlier Describe (an Execute's rows carry
         # no RowDescription of their own): for decoding rows, not for comparing columns.
@@ -202,6 +205,7 @@ class ResponseTracker:
         self.consumed = 0  # bytes of complete messages tracked so far (a stream offset)
         self._message_end = 0
         self.copy_key = -1  # key of the last result that entered COPY FROM STDIN
+        self._untimed = False  # the next result to finish was delayed by a pause
 
     @property
     def owed(self) -> int:
@@ -225,6 +229,17 @@ class ResponseTracker:
                 return
             self._skipping = False
         self._owed.append([kind, now, seq, context])
+
+    def paused(self) -> None:
+        """Twinkly stopped reading this backend: the result it is in the middle of, or
+        the next one, would look slower than the server made it."""
+        self._untimed = True
+
+    def sent(self, now: float) -> None:
+        """Client messages held back (behind a possible COPY) went out only now."""
+        for entry in self._owed:
+            if entry[1] < now:
+                entry[1] = now
 
     def receive(self, framer: MessageFramer, data: bytes) -> None:
         """Frame raw bytes from the backend with ``framer`` and track them.
@@ -322,6 +337,8 @@ class ResponseTracker:
         if result is not None:
             self._current = None
             result.finished = now
+            if self._untimed:
+                result.timed = self._untimed = False
             result.end = self._message_end
             result.digest &= _DIGEST_MASK
             self.copy_in = False

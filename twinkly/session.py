@@ -26,6 +26,7 @@ from twinkly.backend import BackendProtocol, send_cancel
 from twinkly.config import Config
 from twinkly.copies import CopyAlignment, may_copy_from
 from twinkly.pairing import IPairObserver, Pairer
+from twinkly.perf.explain import SideConnection
 from twinkly.responses import (
     CLIENT_EXPECTATIONS,
     DESCRIBE_PORTAL,
@@ -179,6 +180,15 @@ class Session:
         for name, value in self.truth_tracker.parameters.items():
             settings[name.decode("utf-8", "replace")] = value.decode("utf-8", "replace")
         return settings
+
+    def side_connections(self) -> tuple[SideConnection, SideConnection] | None:
+        """How to log in to both backends as this session did (for EXPLAIN)."""
+        if self.target is None:
+            return None
+        return (
+            SideConnection(self.truth.config, self.truth.parameters),
+            SideConnection(self.target.config, self.target.parameters),
+        )
 
     # --- the hot path --------------------------------------------------------------
 
@@ -402,6 +412,7 @@ class Session:
         if ahead > self._max_ahead and not self._target_paused and self.target is not None:
             self._target_paused = True
             self.target.transport.pauseProducing()
+            self.target_tracker.paused()
         elif self._target_paused and ahead <= self._max_ahead // 2:
             self._target_paused = False
             if self.target is not None:

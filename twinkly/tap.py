@@ -8,7 +8,9 @@ from twisted.application.service import MultiService
 from twisted.python import usage
 
 from twinkly.compare.monitor import ComparisonSettings, Monitor
-from twinkly.config import Config, ConfigError, load
+from twinkly.config import AIConfig, BackendConfig, Config, ConfigError, load
+from twinkly.perf.latency import SlowQuerySettings
+from twinkly.perf.slow import SlowQueryReporter
 
 
 def _listen(value: str) -> tuple[str, int]:
@@ -87,6 +89,14 @@ def build_monitor(config: Config, reactor: object) -> Monitor:
         hold_bytes=comparison.hold_bytes,
         log_errors=config.monitoring.log_errors,
         redact=config.reporting.redact,
+        slow=SlowQuerySettings(
+            enabled=comparison.report_slow_queries,
+            ratio=comparison.slow_query_ratio,
+            min_seconds=comparison.slow_query_min_ms / 1000,
+            min_samples=comparison.slow_query_min_samples,
+            interval=comparison.slow_query_interval,
+        ),
+        fail_on_slow_queries=comparison.fail_on_slow_queries,
     )
     sink: IEventSink = JsonLinesSink(config.reporting.events_file, reactor)
     if config.reporting.bundles:
@@ -95,4 +105,47 @@ def build_monitor(config: Config, reactor: object) -> Monitor:
 
         bundles = BundleWriter(config.reporting.bundles, reactor, redacted=config.reporting.redact)
         sink = FanOutSink(sink, bundles)
-    return Monitor(settings, sink, (config.truth.label, config.target.label))
+    monitor = Monitor(
+        settings, sink, (config.truth.label, config.target.label), clock=reactor.seconds
+    )
+    monitor.slow = build_slow_reporter(config, reactor, monitor)
+    return monitor
+
+
+def build_slow_reporter(config: Config, reactor: object, monitor: Monitor) -> SlowQueryReporter:
+    """Plans on side connections, and the insight providers that read them."""
+    from twinkly.backend import connect_backend
+    from twinkly.perf.explain import Explainer
+    from twinkly.perf.insight import HeuristicInsightProvider, IInsightProvider
+
+    def connect(backend: BackendConfig, parameters: dict[str, str]):  # type: ignore[no-untyped-def]
+        return connect_backend(reactor, backend, parameters, config.proxy.max_message_bytes)
+
+    explainer = Explainer(config.comparison.explain, connect)
+    providers: list[IInsightProvider] = [HeuristicInsightProvider()]
+    ai = config.comparison.ai
+    if ai.enabled:
+        providers.append(build_llm_provider(ai, reactor))
+    return SlowQueryReporter(monitor.emit, reactor.seconds, explainer, providers)  # type: ignore[attr-defined]
+
+
+def build_llm_provider(ai: AIConfig, reactor: object) -> object:
+    import os
+
+    from treq.client import HTTPClient
+    from twisted.web.client import Agent, HTTPConnectionPool
+
+    from twinkly.perf.insight import LLMInsightProvider
+
+    pool = HTTPConnectionPool(reactor, persistent=False)
+    client = HTTPClient(Agent(reactor, pool=pool))
+    return LLMInsightProvider(
+        client,
+        ai.endpoint,
+        ai.model,
+        os.environ.get(ai.api_key_env) or None,
+        ai.timeout,
+        ai.max_per_minute,
+        ai.redact,
+        reactor,
+    )

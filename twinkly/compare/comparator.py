@@ -13,6 +13,7 @@ import random
 from collections.abc import Callable
 from functools import lru_cache
 
+from pglast import parser
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -21,6 +22,8 @@ from twinkly.compare.rows import Ordering, compare_columns, compare_rows
 from twinkly.compare.sql import StatementInfo
 from twinkly.compare.values import decode_columns
 from twinkly.pairing import IPairObserver
+from twinkly.perf.explain import ExplainRequest
+from twinkly.perf.latency import NOTHING
 from twinkly.report.events import make_event
 from twinkly.responses import SYNC_SUB, StatementResult, SyncPoint
 from twinkly.statements import INTERNAL
@@ -31,6 +34,11 @@ from twinkly.wire.frontend import Bind
 log = Logger()
 
 _SUB_MASK = SYNC_SUB
+# The requests that execute something. A Parse, Bind or Describe answer is only flushed
+# with the Execute's, so its time would be the Execute's. Statements sent together (a
+# pipeline, a multi-statement query) are answered together: each is timed from when it
+# was sent, so the same on both backends.
+_TIMED = frozenset(("Q", "E", "F"))
 MAX_ANALYZED_CHARS = 256 * 1024
 
 
@@ -67,6 +75,8 @@ class Comparator:
         self.holding = True  # whether the truth's answer is being held (events say)
         # The truth session's settings (TimeZone, DateStyle...), for repro bundles.
         self.session_settings: Callable[[], dict[str, str]] | None = None
+        # How to reach both backends as this session did, for EXPLAIN on the side.
+        self.sides: Callable[[], tuple] | None = None
 
     # --- IPairObserver --------------------------------------------------------------
 
@@ -90,6 +100,14 @@ class Comparator:
             monitor.count("sampled_out")
             return
         self._judge(truth, target)
+        if (
+            truth.request in _TIMED
+            and truth.error is None
+            and target.error is None
+            and truth.timed
+            and target.timed
+        ):
+            self._time(truth, target)
 
     def statement_unpaired(self, result: StatementResult, side: str) -> None:
         if result.context is INTERNAL:
@@ -246,6 +264,84 @@ class Comparator:
             "result_mismatch", truth, target, info, differences=differences, reason=reason
         )
 
+    # --- timing ---------------------------------------------------------------------
+
+    def _time(self, truth: StatementResult, target: StatementResult) -> None:
+        """Both live executions' times into the fingerprint's histograms; a slow_query
+        or fingerprint_regression event when they call for one."""
+        fingerprint = self._fingerprint(truth)
+        if fingerprint is None:
+            return
+        monitor = self.monitor
+        book = monitor.latency
+        statement = ""
+        if fingerprint not in book.entries:
+            statement = _statement_text(self._info(truth), truth, monitor.settings.redact)
+        verdict = book.record(fingerprint, statement, truth.elapsed, target.elapsed, self.clock())
+        if verdict is NOTHING:
+            return
+        if verdict.regression is not None:
+            entry = book.get(fingerprint)
+            if entry is not None:
+                monitor.slow.regression(entry, verdict.regression, self.session_id)
+        if verdict.slow:
+            self._slow(truth, target, fingerprint, verdict.suppressed)
+
+    def _fingerprint(self, result: StatementResult) -> str | None:
+        context = result.context
+        if context is None or len(context[0]) > MAX_ANALYZED_CHARS:
+            return None
+        prints = fingerprints(context[0])
+        if not prints:
+            info = self._info(result)  # unparsable: analyze() gives a stable hash
+            return info.fingerprint if info is not None else None
+        index = result.key & _SUB_MASK if result.request == "Q" else 0
+        return prints[min(index, len(prints) - 1)]
+
+    def _slow(
+        self, truth: StatementResult, target: StatementResult, fingerprint: str, suppressed: int
+    ) -> None:
+        monitor = self.monitor
+        info = self._info(truth)
+        parameters, formats = _bound_parameters(truth)
+        ratio = target.elapsed / truth.elapsed if truth.elapsed > 0 else None
+        fields = {
+            "session": self.session_id,
+            "in_transaction": self._in_transaction,
+            "statement": _statement_text(info, truth, monitor.settings.redact),
+            "fingerprint": fingerprint,
+            "truth": summary(truth, monitor.truth_label),
+            "target": summary(target, monitor.target_label),
+            "ratio": None if ratio is None else round(ratio, 2),
+            "suppressed": suppressed,
+            "parameters": None if monitor.settings.redact else parameters,
+            "parameter_formats": formats,
+            "reason": (
+                f"{monitor.target_label} took {target.elapsed * 1000:.1f} ms,"
+                f" {monitor.truth_label} {truth.elapsed * 1000:.1f} ms"
+            ),
+        }
+        if self.enforcer is not None:
+            fields["held"] = self.holding
+        request = None
+        context = truth.context
+        if info is not None and context is not None:
+            request = ExplainRequest(
+                sql=info.sql if truth.request == "Q" else context[0],
+                kind=info.kind,
+                read_only=info.read_only,
+                bind=context[1],
+                parameter_types=tuple(context[2] or ()),
+            )
+        written = monitor.slow.slow_query(fields, self.sides() if self.sides else None, request)
+        written.addCallback(self._slow_written)
+        if monitor.settings.fail_on_slow_queries and self.enforcer is not None:
+            self.enforcer.slow(written)
+
+    def _slow_written(self, event: dict) -> dict:
+        self.last_event = event
+        return event
+
     # --- events ---------------------------------------------------------------------
 
     def _benign(self, kind: str, truth, target, info, reason: str, differences: list) -> None:
@@ -289,8 +385,7 @@ class Comparator:
             in_transaction=self._in_transaction,
             **fields,  # type: ignore[arg-type]
         )
-        self.monitor.events[kind] += 1
-        self.monitor.sink.emit(event)
+        self.monitor.emit(event)
         self.last_event = event
         return event
 
@@ -302,6 +397,26 @@ def _column_problems(truth: bytes | None, target: bytes | None) -> tuple[str, ..
     return tuple(
         compare_columns(decode_columns(truth or b"\0\0"), decode_columns(target or b"\0\0"))
     )
+
+
+def fingerprints(sql: str) -> tuple[str, ...]:
+    """Each statement's fingerprint (literals and parameters ignored), () if the text
+    does not parse. About 10 microseconds a statement: cheap enough for every execution,
+    and cached by text for the extended protocol, where texts repeat."""
+    if len(sql) <= _CACHED_TEXT:
+        return _cached_fingerprints(sql)
+    return _fingerprints(sql)
+
+
+def _fingerprints(sql: str) -> tuple[str, ...]:
+    try:
+        return tuple(parser.fingerprint(part) for part in parser.split(sql, with_parser=False))
+    except Exception:  # pglast raises its own ParseError, and ValueError on NUL
+        return ()
+
+
+_CACHED_TEXT = 4096
+_cached_fingerprints = lru_cache(maxsize=4096)(_fingerprints)
 
 
 def _noise_reason(info: StatementInfo | None) -> str | None:

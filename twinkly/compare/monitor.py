@@ -4,16 +4,22 @@ the tables tainted by diverging writes, and the counters that keep outcomes apar
 from __future__ import annotations
 
 import re
-from collections import Counter
+import time
+from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from twinkly.compare.sql import StatementCache
 from twinkly.compare.values import NormalizationRules
+from twinkly.perf.latency import LatencyBook, SlowQuerySettings
+from twinkly.perf.slow import SlowQueryReporter
 from twinkly.report.events import make_event
 from twinkly.report.sink import IEventSink
 
 # Every compared statement ends in exactly one of these, so metrics never lie:
 # an ignored mismatch is not a match, and dropped work is counted.
+RECENT_EVENTS = 1000  # kept in memory for the status pages and the admin console
+
 OUTCOMES = (
     "matched",  # equal (possibly after type-aware normalisation)
     "mismatched",  # a real difference: an event was written
@@ -39,6 +45,8 @@ class ComparisonSettings:
     hold_bytes: int = 8 * 1024 * 1024
     log_errors: bool = False
     redact: bool = False
+    slow: SlowQuerySettings = field(default_factory=SlowQuerySettings)
+    fail_on_slow_queries: bool = False
 
     def excluded(self, sql: str) -> bool:
         return any(p.search(sql) for p in self.exclude_patterns)
@@ -53,6 +61,7 @@ class Monitor:
         sink: IEventSink,
         labels: tuple[str, str],
         cache: StatementCache | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
         self.sink = sink
@@ -61,6 +70,22 @@ class Monitor:
         self.outcomes: Counter[str] = Counter({o: 0 for o in OUTCOMES})
         self.events: Counter[str] = Counter()
         self.tainted: dict[str, str] = {}  # table -> id of the first diverging write
+        self.latency = LatencyBook(settings.slow)
+        # Writes slow_query events; the service gives it an Explainer and insight providers.
+        self.slow = SlowQueryReporter(self.emit, clock, None)
+        self.muted: set[str] = set()  # fingerprints whose events are not written
+        self.recent: deque[dict] = deque(maxlen=RECENT_EVENTS)  # for the status pages
+
+    def emit(self, event: dict) -> bool:
+        """Write one event, unless its fingerprint is muted; False if it was not."""
+        kind = event["kind"]
+        self.events[kind] += 1
+        if event.get("fingerprint") in self.muted:
+            self.events["muted"] += 1
+            return False
+        self.recent.append(event)
+        self.sink.emit(event)
+        return True
 
     def backend_unavailable(self, reason: str, now: float, session: int | None = None) -> None:
         """A backend could not be reached, or was lost: that is an event too."""
@@ -74,8 +99,7 @@ class Monitor:
             target=None,
             reason=reason,
         )
-        self.events["backend_unavailable"] += 1
-        self.sink.emit(event)
+        self.emit(event)
 
     def count(self, outcome: str, n: int = 1) -> None:
         self.outcomes[outcome] += n

@@ -28,9 +28,14 @@ KINDS = (
     "nondeterministic",
     "noise",
     "backend_unavailable",
+    "slow_query",  # the target was slower by the configured ratio and margin
+    "fingerprint_regression",  # a fingerprint's median got slower on the target
+    "insight",  # an explanation that came later (an LLM's), linked by "event"
 )
 # Kinds that are expected and not a problem with the target: shown after everything else.
 BENIGN_KINDS = frozenset({"nondeterministic", "noise"})
+# Kinds about speed, not about answers.
+PERFORMANCE_KINDS = frozenset({"slow_query", "fingerprint_regression", "insight"})
 
 CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 ID_LENGTH = 26

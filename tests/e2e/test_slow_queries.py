@@ -1,0 +1,194 @@
+"""Slow statements on the target, against the real servers: an index only the source of
+truth has makes the target scan the whole table. The events carry both plans and the
+insight; nothing is executed again unless provably read-only."""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+from proxyproc import start_proxy_process
+from test_comparison import Events
+
+pytestmark = pytest.mark.backends
+
+ROWS = 1_000_000
+SLOW = """
+comparison {
+  slow-query-ratio = 4
+  slow-query-min-ms = 15
+  slow-query-interval = 0
+}
+"""
+
+
+def direct(dsn: str, *statements: str) -> list:
+    out = []
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for sql in statements:
+            cur = conn.execute(sql)
+            out.append(cur.fetchall() if cur.description else None)
+    return out
+
+
+@pytest.fixture(scope="module")
+def orders(servers):
+    """`orders` on both servers, with the index on customer_id on the truth only; `calls`
+    records every execution of a volatile function."""
+    truth, target = (server.dsn(sslmode="disable") for server in servers)
+    for dsn in (truth, target):
+        direct(
+            dsn,
+            "drop table if exists orders, calls",
+            "create table orders (id int primary key, customer_id int, note text)",
+            f"insert into orders select i, i % 10000, 'n' from generate_series(1, {ROWS}) i",
+            "alter table orders set (parallel_workers = 0)",
+            "create table calls (n serial)",
+            "create or replace function bump() returns int volatile language sql"
+            " as 'insert into calls default values returning n'",
+        )
+    direct(truth, "create index orders_customer_idx on orders (customer_id)")
+    for dsn in (truth, target):
+        direct(dsn, "vacuum analyze orders")
+    return truth, target
+
+
+def start(servers, tmp_path_factory, name: str, extra: str = ""):
+    workdir = tmp_path_factory.mktemp(name)
+    proxy = start_proxy_process(*servers, workdir, extra=SLOW + extra)
+    return proxy, Events(workdir / "reports" / "twinkly-events.jsonl")
+
+
+@pytest.fixture(scope="module")
+def watching(servers, tmp_path_factory, orders):
+    proxy, events = start(servers, tmp_path_factory, "slow")
+    try:
+        yield proxy, events
+    finally:
+        proxy.stop()
+    assert not proxy.bad_log_lines(), proxy.log_text()
+
+
+def slow_event(events: Events, statement_part: str) -> dict:
+    found = [
+        e
+        for e in events.wait_for("slow_query", timeout=30)
+        if e["kind"] == "slow_query" and statement_part in e["statement"]
+    ]
+    assert len(found) == 1, found
+    return found[0]
+
+
+def test_missing_index_named_with_both_plans(watching) -> None:
+    proxy, events = watching
+    with psycopg.connect(proxy.dsn(), autocommit=True) as conn:
+        rows = conn.execute("select count(*) from orders where customer_id = 42").fetchall()
+    assert rows == [(100,)]
+    event = slow_event(events, "customer_id = 42")
+    assert event["target"]["elapsed_ms"] >= 4 * event["truth"]["elapsed_ms"]
+    assert event["analyzed"] == {"truth": True, "target": True}
+    truth_plan, target_plan = event["plans"]["truth"], event["plans"]["target"]
+    assert "Execution Time" in truth_plan[0] and "Execution Time" in target_plan[0]
+    assert "Index" in event["plan_summary"]["truth"]
+    assert "Seq Scan on orders" in event["plan_summary"]["target"]
+    first = event["insights"][0]
+    assert first["kind"] == "missing_index", event["insights"]
+    assert "orders(customer_id)" in first["message"]
+    assert "orders_customer_idx" in first["message"]
+
+
+def test_extended_protocol_parameters_are_bound_on_the_side_connection(watching) -> None:
+    proxy, events = watching
+    with psycopg.connect(proxy.dsn(), autocommit=True) as conn:
+        count = conn.execute(
+            "select count(*), min(id) from orders where customer_id = %s", (77,)
+        ).fetchone()
+    assert count == (100, 77)
+    event = slow_event(events, "min(id)")
+    # psycopg binds an int as binary int2: bound the same way on the side connection.
+    assert event["parameters"] == ["\\x004d"]
+    assert event["parameter_formats"] == [1]
+    index_scan = str(event["plans"]["truth"])
+    assert "customer_id = '77'::smallint" in index_scan, index_scan
+    assert event["analyzed"]["truth"] is True
+
+
+def test_slow_update_reported_without_being_run_again(watching, orders) -> None:
+    proxy, events = watching
+    with psycopg.connect(proxy.dsn(), autocommit=True) as conn:
+        conn.execute("update orders set note = note || 'x' where customer_id = 7")
+    event = slow_event(events, "update orders")
+    assert event["truth"]["tag"] == "UPDATE 100"
+    assert event["analyzed"] == {"truth": False, "target": False}
+    assert event["plans"]["target"][0]["Plan"]["Node Type"] == "ModifyTable"
+    for dsn in orders:
+        notes = direct(dsn, "select distinct note from orders where customer_id = 7")[0]
+        assert notes == [("nx",)], (dsn, notes)
+
+
+def test_volatile_function_is_not_explain_analyzed(watching, orders) -> None:
+    proxy, events = watching
+    with psycopg.connect(proxy.dsn(), autocommit=True) as conn:
+        conn.execute("select bump(), count(*) from orders where customer_id = 8").fetchall()
+    event = slow_event(events, "bump()")
+    assert event["analyzed"] == {"truth": False, "target": False}
+    assert event["plans"]["target"] is not None
+    for dsn in orders:
+        assert direct(dsn, "select count(*) from calls")[0] == [(1,)], dsn
+
+
+def test_equal_speed_gives_no_slow_event(watching) -> None:
+    proxy, events = watching
+    events.new()
+    with psycopg.connect(proxy.dsn(), autocommit=True) as conn:
+        for _ in range(5):
+            conn.execute("select count(*) from orders where id = 5").fetchall()
+    assert [e for e in events.new(settle=1.0) if e["kind"] == "slow_query"] == []
+
+
+@pytest.fixture(scope="module")
+def failing(servers, tmp_path_factory, orders):
+    proxy, events = start(
+        servers, tmp_path_factory, "slow-fail", "comparison.fail-on-slow-queries = true"
+    )
+    try:
+        yield proxy, events
+    finally:
+        proxy.stop()
+    assert not proxy.bad_log_lines(), proxy.log_text()
+
+
+def test_fail_on_slow_queries_gives_tw003_with_the_plans(failing) -> None:
+    proxy, _ = failing
+    with psycopg.connect(proxy.dsn(), autocommit=True) as conn:
+        with pytest.raises(psycopg.Error) as raised:
+            conn.execute("select count(*) from orders where customer_id = 99").fetchall()
+        diag = raised.value.diag
+        assert diag.sqlstate == "TW003"
+        assert "slower" in diag.message_primary
+        assert "Seq Scan on orders" in diag.message_detail
+        assert "orders(customer_id)" in diag.message_detail
+        # The session goes on: a fast statement answers normally.
+        assert conn.execute("select 1").fetchall() == [(1,)]
+
+
+def test_fail_on_slow_write_is_rolled_back_on_both(failing, orders) -> None:
+    proxy, _ = failing
+    with psycopg.connect(proxy.dsn(), autocommit=True) as conn:
+        with pytest.raises(psycopg.Error) as raised:
+            conn.execute("update orders set note = 'slow' where customer_id = 11")
+        assert raised.value.diag.sqlstate == "TW003"
+    for dsn in orders:
+        assert direct(dsn, "select count(*) from orders where note = 'slow'")[0] == [(0,)]
+
+
+def test_fail_on_slow_inside_a_transaction_aborts_it_on_both(failing, orders) -> None:
+    proxy, _ = failing
+    with psycopg.connect(proxy.dsn()) as conn:
+        conn.execute("update orders set note = 'tx' where id = 1")
+        with pytest.raises(psycopg.Error) as raised:
+            conn.execute("select count(*) from orders where customer_id = 12").fetchall()
+        assert raised.value.diag.sqlstate == "TW003"
+        assert conn.info.transaction_status == psycopg.pq.TransactionStatus.INERROR
+        conn.rollback()
+    for dsn in orders:
+        assert direct(dsn, "select note from orders where id = 1")[0] == [("n",)]

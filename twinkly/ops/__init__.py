@@ -1,0 +1,2 @@
+"""Operating Twinkly: status, metrics, the HTTP server and dashboard, the admin console,
+the manhole and protocol traces."""

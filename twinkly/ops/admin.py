@@ -1,0 +1,291 @@
+"""The admin console: what a client connected to the virtual database ``twinkly`` talks to.
+
+Like pgbouncer's console, it speaks just enough of the protocol for psql: simple queries
+answered from an IStatus, everything else refused with a clean error. Sans-IO: framed
+client messages in, response bytes out; the connection handling owns the socket.
+"""
+
+from __future__ import annotations
+
+import datetime
+import math
+import re
+from collections.abc import Callable, Iterable, Sequence
+
+from twisted.logger import Logger
+
+from twinkly.config import ConfigError
+from twinkly.ops.status import IStatus
+from twinkly.wire.backend import (
+    Column,
+    CommandComplete,
+    DataRow,
+    EmptyQueryResponse,
+    ErrorResponse,
+    NoticeResponse,
+    ReadyForQuery,
+    RowDescription,
+)
+from twinkly.wire.buffers import Reader
+from twinkly.wire.framing import ProtocolViolation
+from twinkly.wire.frontend import Query, encode
+
+log = Logger()
+
+TEXT, INT8, BOOL, FLOAT8, TIMESTAMPTZ = 25, 20, 16, 701, 1184
+_TYPE_SIZES = {TEXT: -1, INT8: 8, BOOL: 1, FLOAT8: 8, TIMESTAMPTZ: 8}
+
+MISMATCH_KINDS = frozenset(
+    {
+        "result_mismatch",
+        "column_mismatch",
+        "tag_mismatch",
+        "error_divergence",
+        "transaction_divergence",
+    }
+)
+MISMATCHES_SHOWN = 50
+MISMATCHES_SCANNED = 200  # other kinds (noise...) are interleaved: look further back
+
+HELP = (
+    ("SHOW STATS", "sessions, statements, outcomes and event counts, uptime"),
+    ("SHOW SESSIONS", "the client sessions"),
+    ("SHOW MISMATCHES", f"the last {MISMATCHES_SHOWN} mismatch events"),
+    ("SHOW FINGERPRINTS", "statements by fingerprint: executions, mismatches, latency"),
+    ("SHOW CONFIG", "the effective configuration (secrets hidden)"),
+    ("SHOW HELP", "this list"),
+    ("MUTE <fingerprint>", "stop reporting events for a fingerprint"),
+    ("UNMUTE <fingerprint>", "report a fingerprint again"),
+    ("RELOAD", "re-read the configuration file"),
+)
+
+# Messages of the extended query protocol: after refusing one, skip to Sync like PostgreSQL.
+_EXTENDED = frozenset(b"PBDECH")
+_SYNC, _QUERY, _TERMINATE = ord("S"), ord("Q"), ord("X")
+_COPY = frozenset(b"dcf")  # outside COPY, PostgreSQL ignores these; so do we
+
+_FINGERPRINT = re.compile(r"'([0-9a-f]+)'|([0-9a-f]+)", re.I)
+_UNKNOWN_SHOWN = 80  # characters of an unknown command quoted back
+
+
+def _encode_all(messages: Iterable[object]) -> bytes:
+    return b"".join(encode(m) for m in messages)
+
+
+def _error(sqlstate: str, message: str) -> ErrorResponse:
+    return ErrorResponse.make("ERROR", sqlstate, message)
+
+
+def _notice(message: str) -> NoticeResponse:
+    return NoticeResponse.make("NOTICE", "00000", message)  # type: ignore[return-value]
+
+
+def split_statements(text: str) -> list[str]:
+    """The statements of a simple query: split on ';' outside quotes, empties dropped."""
+    statements, start, quote = [], 0, ""
+    for i, ch in enumerate(text):
+        if quote:
+            if ch == quote:  # a doubled quote closes and reopens: same result
+                quote = ""
+        elif ch in "'\"":
+            quote = ch
+        elif ch == ";":
+            statements.append(text[start:i])
+            start = i + 1
+    statements.append(text[start:])
+    return [s.strip() for s in statements if s.strip()]
+
+
+def _float_text(value: float) -> str:
+    """float8 as PostgreSQL writes it (Infinity, NaN), so drivers can parse it."""
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "Infinity" if value > 0 else "-Infinity"
+    return repr(value)
+
+
+def _timestamptz(value: float | str) -> str:
+    """Epoch seconds or an ISO string -> timestamptz text in PostgreSQL's ISO style, UTC."""
+    if isinstance(value, str):
+        moment = datetime.datetime.fromisoformat(value).astimezone(datetime.UTC)
+    else:
+        moment = datetime.datetime.fromtimestamp(value, datetime.UTC)
+    return f"{moment:%Y-%m-%d %H:%M:%S.%f}+00"
+
+
+def _cell(value: object, oid: int) -> bytes | None:
+    """One value in the text format of its column's type; None is NULL."""
+    if value is None:
+        return None
+    if oid == BOOL:
+        return b"t" if value else b"f"
+    if oid == INT8:
+        return str(int(value)).encode()  # type: ignore[call-overload]
+    if oid == FLOAT8:
+        return _float_text(float(value)).encode()  # type: ignore[arg-type]
+    if oid == TIMESTAMPTZ:
+        return _timestamptz(value).encode()  # type: ignore[arg-type]
+    return str(value).encode("utf-8", "replace")
+
+
+def _pick(columns: Sequence[tuple[str, int]], items: Iterable[dict]) -> list[list[object]]:
+    """The values of the named columns from each dict (missing keys are NULL)."""
+    return [[item.get(name) for name, _ in columns] for item in items]
+
+
+def _rows(columns: Sequence[tuple[str, int]], rows: Iterable[Sequence[object]]) -> list[object]:
+    """RowDescription, one DataRow per row, CommandComplete: a whole SHOW answer."""
+    description = RowDescription(
+        tuple(Column(name, type_oid=oid, type_size=_TYPE_SIZES[oid]) for name, oid in columns)
+    )
+    oids = [oid for _, oid in columns]
+    data = [DataRow(tuple(_cell(v, oid) for v, oid in zip(row, oids, strict=True))) for row in rows]
+    return [description, *data, CommandComplete("SHOW")]
+
+
+class AdminConsole:
+    """One admin client's console."""
+
+    def __init__(self, status: IStatus) -> None:
+        self.status = status
+        self._skipping = False  # an extended message was refused: ignore all until Sync
+        self._show: dict[str, Callable[[], list[object]]] = {
+            "stats": self._stats,
+            "sessions": self._sessions,
+            "mismatches": self._mismatches,
+            "fingerprints": self._fingerprints,
+            "config": self._config,
+            "help": self._help,
+        }
+
+    def handle(self, type_byte: int, payload: bytes) -> tuple[bytes, bool]:
+        """One framed client message -> the bytes to send back and whether to close."""
+        if type_byte == _TERMINATE:
+            return b"", True
+        if type_byte == _SYNC:
+            self._skipping = False
+            return encode(ReadyForQuery("I")), False
+        if self._skipping or type_byte in _COPY:
+            return b"", False
+        refusal = _error("0A000", "the admin console accepts simple queries only")
+        if type_byte in _EXTENDED:
+            self._skipping = True  # the ReadyForQuery comes with the Sync
+            return encode(refusal), False
+        if type_byte != _QUERY:
+            return _encode_all([refusal, ReadyForQuery("I")]), False
+        try:
+            reader = Reader(payload)
+            sql = Query.read(reader).sql
+            reader.done()
+        except ProtocolViolation as e:
+            return encode(ErrorResponse.make("FATAL", e.sqlstate, str(e))), True
+        return self._query(sql), False
+
+    def _query(self, sql: str) -> bytes:
+        """A simple query: each statement in turn, stopping at the first error as
+        PostgreSQL does, then one ReadyForQuery."""
+        statements = split_statements(sql)
+        messages: list[object] = [] if statements else [EmptyQueryResponse()]
+        for statement in statements:
+            answer = self._execute(statement)
+            messages.extend(answer)
+            if type(answer[-1]) is ErrorResponse:  # not a NoticeResponse, its subclass
+                break
+        messages.append(ReadyForQuery("I"))
+        return _encode_all(messages)
+
+    def run(self, sql: str) -> bytes:
+        """One statement -> its answer: rows, a CommandComplete, or an ErrorResponse."""
+        return _encode_all(self._execute(sql))
+
+    def _execute(self, sql: str) -> list[object]:
+        """One statement as messages; the last one is a CommandComplete or an error.
+        Nothing raised here reaches the connection: a bug answers XX000 and is logged."""
+        text = " ".join(sql.strip().rstrip("; \t\r\n").split())
+        if not text:
+            return [EmptyQueryResponse()]
+        try:
+            return self._dispatch(text)
+        except Exception as e:
+            log.failure("admin command {command!r} failed", command=text)
+            return [_error("XX000", str(e) or type(e).__name__)]
+
+    def _dispatch(self, text: str) -> list[object]:
+        words = text.lower().split()
+        if words == ["help"]:
+            return self._help()
+        if len(words) == 2 and words[0] == "show" and words[1] in self._show:
+            return self._show[words[1]]()
+        if words == ["reload"]:
+            return self._reload()
+        if words[0] in ("mute", "unmute"):
+            verb = words[0].upper()
+            token = _FINGERPRINT.fullmatch(text[len(verb) :].strip())
+            if len(words) != 2 or token is None:
+                return [_error("42601", f"{verb} needs one fingerprint (a hex token)")]
+            return self._mute(verb, (token.group(1) or token.group(2)).lower())
+        shown = text if len(text) <= _UNKNOWN_SHOWN else text[: _UNKNOWN_SHOWN - 3] + "..."
+        return [_error("42601", f'unknown admin command "{shown}"; try SHOW HELP')]
+
+    def _stats(self) -> list[object]:
+        totals = self.status.totals()
+        rows: list[tuple[str, object]] = [
+            ("sessions", totals["sessions"]),
+            ("statements", totals["statements"]),
+        ]
+        # Some names are both an outcome and an event kind (noise, nondeterministic).
+        rows += [(f"outcomes.{k}", v) for k, v in totals.get("outcomes", {}).items()]
+        rows += [(f"events.{k}", v) for k, v in totals.get("events", {}).items()]
+        rows.append(("uptime_s", totals["uptime_s"]))
+        return _rows([("name", TEXT), ("value", INT8)], rows)
+
+    def _sessions(self) -> list[object]:
+        columns = [("id", INT8), ("client", TEXT), ("user", TEXT), ("database", TEXT)]
+        columns += [("started", TIMESTAMPTZ), ("statements", INT8), ("status", TEXT)]
+        return _rows(columns, _pick(columns, self.status.sessions()))
+
+    def _mismatches(self) -> list[object]:
+        events = self.status.events(kind=None, limit=MISMATCHES_SCANNED)
+        chosen = [e for e in events if e.get("kind") in MISMATCH_KINDS][:MISMATCHES_SHOWN]
+        columns = [("id", TEXT), ("time", TIMESTAMPTZ), ("kind", TEXT)]
+        columns += [("fingerprint", TEXT), ("statement", TEXT), ("reason", TEXT)]
+        return _rows(columns, _pick(columns, chosen))
+
+    def _fingerprints(self) -> list[object]:
+        columns = [("fingerprint", TEXT), ("statement", TEXT), ("executions", INT8)]
+        columns += [("mismatches", INT8), ("muted", BOOL), ("truth_p50_ms", FLOAT8)]
+        columns += [("target_p50_ms", FLOAT8), ("p50_ratio", FLOAT8)]
+        flat = [
+            {
+                **f,
+                "truth_p50_ms": (f.get("truth") or {}).get("p50_ms"),
+                "target_p50_ms": (f.get("target") or {}).get("p50_ms"),
+            }
+            for f in self.status.fingerprints()
+        ]
+        return _rows(columns, _pick(columns, flat))
+
+    def _config(self) -> list[object]:
+        return _rows([("key", TEXT), ("value", TEXT)], self.status.config_items())
+
+    def _help(self) -> list[object]:
+        return _rows([("command", TEXT), ("description", TEXT)], HELP)
+
+    def _mute(self, verb: str, fingerprint: str) -> list[object]:
+        if verb == "MUTE":
+            changed = self.status.mute(fingerprint)
+            already = f"fingerprint {fingerprint} is already muted"
+        else:
+            changed = self.status.unmute(fingerprint)
+            already = f"fingerprint {fingerprint} is not muted"
+        notices: list[object] = [] if changed else [_notice(already)]
+        return [*notices, CommandComplete(verb)]
+
+    def _reload(self) -> list[object]:
+        try:
+            changed = self.status.reload()
+        except ConfigError as e:
+            return [_error("F0000", str(e))]
+        summary = "changed: " + ", ".join(changed) if changed else "nothing changed"
+        return [_notice(summary), CommandComplete("RELOAD")]

@@ -1,0 +1,1 @@
+"""Performance of the target against the source of truth: timings, plans, insights."""

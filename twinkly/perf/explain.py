@@ -1,0 +1,157 @@
+"""EXPLAIN a slow statement on a side connection, never in the client's session.
+
+A statement is run again only when that provably cannot change anything: a plain
+SELECT with no data-modifying CTE, no row locks and only allow-listed functions (see
+``StatementInfo.read_only``) gets ``EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON)``; anything
+else gets plain ``EXPLAIN (FORMAT JSON)``, which plans without executing. Both run inside
+``BEGIN READ ONLY`` ... ``ROLLBACK`` with a statement_timeout, on a fresh connection that
+logs in like the session did, and extended-protocol parameters are bound exactly as the
+client bound them. Concurrency is bounded and the queue is capped: a burst of slow
+statements costs a few side connections, never the hot path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from twinkly.backend import BackendError, BackendProtocol
+from twinkly.config import BackendConfig, ExplainConfig
+from twinkly.perf.plans import parse_plan
+from twinkly.wire.buffers import Reader
+from twinkly.wire.framing import ProtocolViolation
+from twinkly.wire.frontend import Bind, Execute, Parse, Query, Sync, encode
+
+log = Logger()
+
+EXPLAINABLE = frozenset(("select", "insert", "update", "delete", "merge"))
+
+
+@dataclass(frozen=True)
+class SideConnection:
+    """How to reach one backend as the session did."""
+
+    config: BackendConfig
+    parameters: dict[str, str]
+
+
+@dataclass(frozen=True)
+class ExplainRequest:
+    """One statement as the client ran it: its own SQL text and, in the extended
+    protocol, the raw Bind payload and the Parse's parameter types."""
+
+    sql: str
+    kind: str
+    read_only: bool
+    bind: bytes | None = None
+    parameter_types: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class ExplainResult:
+    plan: list | None = None
+    analyzed: bool = False
+    error: str | None = None
+
+    def as_dict(self) -> dict:
+        return {"plan": self.plan, "analyzed": self.analyzed, "error": self.error}
+
+
+Connect = Callable[[BackendConfig, dict[str, str]], defer.Deferred[BackendProtocol]]
+
+
+class Explainer:
+    """Takes plans on side connections, a bounded number at a time."""
+
+    def __init__(self, settings: ExplainConfig, connect: Connect) -> None:
+        self.settings = settings
+        self._connect = connect
+        self._slots = defer.DeferredSemaphore(settings.max_concurrent)
+        self.waiting = 0
+        self.taken = 0
+        self.dropped = 0  # requests refused because the queue was full
+        self.failed = 0
+
+    def explain(
+        self, config: BackendConfig, parameters: dict[str, str], request: ExplainRequest
+    ) -> defer.Deferred[ExplainResult]:
+        """Fires with the plan or with why there is none; never errbacks."""
+        if not self.settings.enabled:
+            return defer.succeed(ExplainResult(error="comparison.explain.enabled is off"))
+        if request.kind not in EXPLAINABLE:
+            return defer.succeed(ExplainResult(error=f"a {request.kind} statement has no plan"))
+        if self.waiting >= self.settings.max_queued:
+            self.dropped += 1
+            return defer.succeed(ExplainResult(error="too many plans queued; this one skipped"))
+        self.waiting += 1
+
+        def run() -> defer.Deferred[ExplainResult]:
+            self.waiting -= 1
+            return self._run(config, parameters, request)
+
+        return self._slots.run(run)
+
+    def _run(
+        self, config: BackendConfig, parameters: dict[str, str], request: ExplainRequest
+    ) -> defer.Deferred[ExplainResult]:
+        analyze = self.settings.analyze and request.read_only and request.kind == "select"
+        try:
+            statement = _explain_messages(request, analyze)
+        except (ProtocolViolation, ValueError) as e:
+            return defer.succeed(ExplainResult(error=f"cannot bind the parameters again: {e}"))
+        side = dict(parameters, application_name="twinkly-explain")
+        timeout_ms = max(1, int(self.settings.statement_timeout * 1000))
+
+        @defer.inlineCallbacks
+        def exchange():  # type: ignore[no-untyped-def]
+            backend = yield self._connect(config, side)
+            try:
+                yield backend.run_query("BEGIN READ ONLY")
+                yield backend.run_query(f"SET LOCAL statement_timeout = {timeout_ms}")
+                try:
+                    rows = yield backend.run_messages(statement)
+                finally:
+                    if backend.transport is not None and backend.transport.connected:
+                        yield backend.run_query("ROLLBACK")
+            finally:
+                backend.terminate()
+            return rows
+
+        def done(rows: list) -> ExplainResult:
+            self.taken += 1
+            text = "\n".join(str(row[0]) for row in rows if row and row[0] is not None)
+            plan = parse_plan(text)
+            if plan is None:
+                return ExplainResult(error="the EXPLAIN output is not JSON")
+            return ExplainResult(plan=plan, analyzed=analyze)
+
+        def failed(failure: Failure) -> ExplainResult:
+            self.failed += 1
+            reason = (
+                str(failure.value) if failure.check(BackendError) else failure.getErrorMessage()
+            )
+            log.info("EXPLAIN on {backend} failed: {reason}", backend=config.label, reason=reason)
+            return ExplainResult(error=reason)
+
+        return exchange().addCallbacks(done, failed)
+
+
+def _explain_messages(request: ExplainRequest, analyze: bool) -> bytes:
+    """The EXPLAIN of the statement, bound like the client's when it had a Bind."""
+    options = "ANALYZE, BUFFERS, FORMAT JSON" if analyze else "FORMAT JSON"
+    sql = f"EXPLAIN ({options}) {request.sql}"
+    if request.bind is None:
+        return encode(Query(sql))
+    bind = Bind.read(Reader(request.bind))
+    return b"".join(
+        (
+            encode(Parse("", sql, request.parameter_types)),
+            encode(Bind("", "", bind.parameter_formats, bind.parameters, ())),
+            encode(Execute("", 0)),
+            encode(Sync()),
+        )
+    )
