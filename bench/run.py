@@ -37,7 +37,7 @@ sys.path.insert(0, str(REPO))  # `python bench/run.py` puts bench/, not the repo
 from twinkly.pgbouncer import run_pgbouncer, stop_pgbouncer  # noqa: E402
 from twinkly.sandbox import HOST, PG15_BINDIR, USERS, Sandbox, Server  # noqa: E402
 
-USER, PASSWORD, DBNAME = "twinkly", USERS["twinkly"], "twinkly"
+USER, PASSWORD, DBNAME = "twinkly", USERS["twinkly"], "app"
 # One client build for every target, so client-side cost is identical everywhere.
 PGBENCH, PSQL = str(PG15_BINDIR / "pgbench"), str(PG15_BINDIR / "psql")
 BIG_SELECT = "select g, repeat('x', 50) from generate_series(1, 1000000) g"

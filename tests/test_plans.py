@@ -413,6 +413,8 @@ class ConditionColumnsTests(SynchronousTestCase):
             "(deleted_at IS NULL)": ["deleted_at"],
             "(id = ANY ('{1,2,3}'::integer[]))": ["id"],
             "((email)::text ~~ 'a%'::text)": ["email"],
+            "((o.status)::text = 'open'::text)": ["status"],
+            "(tags @> '{a}'::text[])": ["tags"],
         }
         for condition, expected in cases.items():
             self.assertEqual(_condition_columns(condition), expected, condition)
@@ -432,6 +434,8 @@ class ConditionColumnsTests(SynchronousTestCase):
         for condition in (
             "(lower(email) = 'x'::text)",
             "((a + b) = 3)",
+            "(f(o.a) = 1)",
+            "((address).city = 'x'::text)",
             "(42 = x)",
             "(ROW(a, b) > ROW(1, 2))",
             "",
@@ -472,7 +476,7 @@ class MissingIndexTests(SynchronousTestCase):
                     "orders",
                     "o",
                     Storage_Filter="(status = 'open'::text)",
-                    **{"Storage Table Read Requests": 98},
+                    Storage_Table_Read_Requests=98,
                 ),
                 hashed(seq("customers", "c", Remote_Filter="(region = 'north'::text)")),
             ],
@@ -625,11 +629,11 @@ class RowEstimateTests(SynchronousTestCase):
         self.assertEqual(target(1, 99), [])  # 99x, but fewer than 100 rows
         self.assertEqual(target(20, 199), [])  # 199 rows, but under 10x
         self.assertEqual(target(5, 100, 0), [])  # never executed
-        self.assertEqual(
-            [i["message"] for i in target(10, 100)],
-            ["row estimate off by 10x on target for t (est. 10, actual 100):"
-             " stale statistics? run ANALYZE t on target"],
-        )  # fmt: skip
+        message = (
+            "row estimate off by 10x on target for t (est. 10, actual 100):"
+            " stale statistics? run ANALYZE t on target"
+        )
+        self.assertEqual(target(10, 100), [insight("row_estimate", message, "t")])
         # Per loop: 5 estimated, 100 found, 10 times.
         self.assertIn(
             "off by 20x on target for t (est. 50, actual 1000)", target(5, 100, 10)[0]["message"]
@@ -786,8 +790,10 @@ class DifferentPlanTests(SynchronousTestCase):
                 insight(
                     "different_plan",
                     "the plans differ: postgresql: Hash Join (est. rows 100)"
-                    " <- Seq Scan on orders (est. rows 1000) <- Seq Scan on customers (est. rows 10);"
-                    " yugabytedb: Hash Join (est. rows 100) <- Seq Scan on customers (est. rows 10)"
+                    " <- Seq Scan on orders (est. rows 1000)"
+                    " <- Seq Scan on customers (est. rows 10);"
+                    " yugabytedb: Hash Join (est. rows 100)"
+                    " <- Seq Scan on customers (est. rows 10)"
                     " <- Seq Scan on orders (est. rows 1000)",
                 )
             ],
@@ -887,6 +893,16 @@ class MalformedTests(SynchronousTestCase):
             [insight("sort_spill", "sort spills to disk on target: raise work_mem")],
         )
         self.assertEqual(plan_summary(odd), "Sort <- Seq Scan <- ?")
+
+    def test_numbers_that_are_not_finite(self) -> None:
+        # json.loads reads NaN and Infinity; no estimate, row count or time is made of them.
+        target = parse_plan(
+            '[{"Plan": {"Node Type": "Seq Scan", "Relation Name": "t", "Plan Rows": NaN,'
+            ' "Actual Rows": Infinity, "Actual Loops": 1, "Actual Total Time": NaN,'
+            ' "Shared Read Blocks": Infinity}}]'
+        )
+        self.assertEqual(compare_plans(seq("t", **rows(1, 1)), target), [])
+        self.assertEqual(plan_summary(target), "Seq Scan on t")
 
     def test_a_very_deep_plan(self) -> None:
         deep = seq("t", **rows(1, 1))

@@ -133,7 +133,7 @@ def test_pgbouncer(servers: tuple[Server, Server], sandbox: Sandbox) -> None:
     try:
         if os.geteuid() == 0:
             assert Path(f"/proc/{proc.pid}/status").read_text().count("\nUid:\t0") == 0
-        dsn = f"host=127.0.0.1 port={port} user=twinkly password=twinkly-pw dbname=twinkly"
+        dsn = f"host=127.0.0.1 port={port} user=twinkly password=twinkly-pw dbname=app"
         with psycopg.connect(dsn, connect_timeout=10, prepare_threshold=None) as conn:
             assert conn.execute("select version()").fetchone()[0].startswith("PostgreSQL 15.")
             assert conn.execute("show port").fetchone()[0] == str(pg15.port)

@@ -9,22 +9,19 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field, replace
-from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 from pyhocon import ConfigFactory, ConfigTree
 from pyhocon.exceptions import ConfigException
 from pyparsing import ParseBaseException
 
 from twinkly.auth import METHODS, ClientAuthConfig
+from twinkly.hocon import ConfigError, Section
+
+__all__ = ["Config", "ConfigError", "load", "loads"]
 
 TLS_MODES = ("disable", "prefer", "require", "verify-ca", "verify-full")
 BACKEND_KEYS = ("postgresql", "yugabytedb")
-
-
-class ConfigError(ValueError):
-    """A configuration problem; the message starts with the key's path."""
 
 
 @dataclass(frozen=True)
@@ -53,6 +50,14 @@ class FlowConfig:
 
 
 @dataclass(frozen=True)
+class AdminConfig:
+    """proxy.admin: the console on the virtual database, for these users only."""
+
+    users: tuple[str, ...] = ()
+    database: str = "twinkly"
+
+
+@dataclass(frozen=True)
 class ProxyConfig:
     listen_address: str = "127.0.0.1"
     listen_port: int = 5431
@@ -65,6 +70,7 @@ class ProxyConfig:
     # Regexes: matching simple queries go to that backend only.
     postgres_only_patterns: tuple[str, ...] = ()
     yugabyte_only_patterns: tuple[str, ...] = ()
+    admin: AdminConfig = field(default_factory=AdminConfig)
 
 
 @dataclass(frozen=True)
@@ -126,8 +132,42 @@ class ReportingConfig:
 
 
 @dataclass(frozen=True)
+class HTTPConfig:
+    """monitoring.http: /metrics, /healthz, /readyz, /api/* and the dashboard."""
+
+    enabled: bool = False
+    listen_address: str = "127.0.0.1"
+    port: int = 9187
+
+
+@dataclass(frozen=True)
+class ManholeConfig:
+    """monitoring.manhole: a Python console in the running service, over SSH."""
+
+    enabled: bool = False
+    listen_address: str = "127.0.0.1"
+    port: int = 2222
+    users: tuple[tuple[str, str], ...] = ()  # (name, password)
+    host_key: str | None = None  # generated and kept there when missing
+
+
+@dataclass(frozen=True)
 class MonitoringConfig:
     log_errors: bool = False
+    http: HTTPConfig = field(default_factory=HTTPConfig)
+    manhole: ManholeConfig = field(default_factory=ManholeConfig)
+    progress_interval: float = 60.0  # seconds between progress lines; 0: none
+
+
+@dataclass(frozen=True)
+class DebugConfig:
+    """debug: a decoded trace of every message on all three legs of a session."""
+
+    log_protocol: bool = False
+    log_protocol_file: str = "reports/twinkly-protocol.log"
+    log_protocol_max_bytes: int = 100 * 1024 * 1024
+    # Only sessions whose application_name matches (None: all sessions).
+    log_protocol_application: str | None = None
 
 
 @dataclass(frozen=True)
@@ -138,6 +178,7 @@ class Config:
     comparison: ComparisonConfig = field(default_factory=ComparisonConfig)
     reporting: ReportingConfig = field(default_factory=ReportingConfig)
     monitoring: MonitoringConfig = field(default_factory=MonitoringConfig)
+    debug: DebugConfig = field(default_factory=DebugConfig)
 
     @property
     def truth(self) -> BackendConfig:
@@ -171,154 +212,10 @@ class Config:
         return config
 
 
-# --- reading typed values with their path ----------------------------------------------
-
-
-class _Section:
-    """One HOCON object being read; remembers which keys were consumed."""
-
-    def __init__(self, tree: ConfigTree | None, path: str) -> None:
-        self._tree = tree if tree is not None else ConfigTree()
-        self._path = path
-        self._used: set[str] = set()
-
-    def _key(self, key: str) -> str:
-        return f"{self._path}.{key}" if self._path else key
-
-    def _raw(self, key: str) -> Any:
-        self._used.add(key)
-        return self._tree.get(key, None) if key in self._tree else None
-
-    def section(self, key: str) -> _Section:
-        value = self._raw(key)
-        if value is not None and not isinstance(value, ConfigTree):
-            raise ConfigError(f"{self._key(key)}: expected an object, got {value!r}")
-        return _Section(value, self._key(key))
-
-    def string(
-        self, key: str, default: str | None, choices: tuple[str, ...] = (), exact: bool = False
-    ) -> Any:
-        """A string; with ``exact``, only a quoted one (HOCON reads ``007`` as 7)."""
-        value = self._raw(key)
-        if value is None:
-            return default
-        if isinstance(value, (ConfigTree, list, bool)) or (exact and not isinstance(value, str)):
-            raise ConfigError(
-                f"{self._key(key)}: expected a string{' in quotes' if exact else ''}, got {value!r}"
-            )
-        value = str(value)
-        if choices and value not in choices:
-            raise ConfigError(
-                f"{self._key(key)}: must be one of {', '.join(choices)}, got {value!r}"
-            )
-        return value
-
-    def integer(self, key: str, default: int, low: int, high: int) -> int:
-        value = self._raw(key)
-        if value is None:
-            return default
-        if isinstance(value, bool) or not isinstance(value, (int, str)):
-            raise ConfigError(f"{self._key(key)}: expected an integer, got {value!r}")
-        try:
-            number = int(value)
-        except ValueError:
-            raise ConfigError(f"{self._key(key)}: expected an integer, got {value!r}") from None
-        if not low <= number <= high:
-            raise ConfigError(f"{self._key(key)}: must be between {low} and {high}, got {number}")
-        return number
-
-    def seconds(self, key: str, default: float) -> float:
-        value = self._raw(key)
-        if value is None:
-            return default
-        try:
-            number = _parse_seconds(value)
-        except ValueError:
-            raise ConfigError(
-                f"{self._key(key)}: expected a duration such as 10, 10s or 500ms, got {value!r}"
-            ) from None
-        if number < 0:
-            raise ConfigError(f"{self._key(key)}: must not be negative")
-        return number
-
-    def boolean(self, key: str, default: bool) -> bool:
-        value = self._raw(key)
-        if value is None:
-            return default
-        if isinstance(value, bool):
-            return value
-        if str(value).lower() in ("true", "yes", "on"):
-            return True
-        if str(value).lower() in ("false", "no", "off"):
-            return False
-        raise ConfigError(f"{self._key(key)}: expected true or false, got {value!r}")
-
-    def number(self, key: str, default: float, low: float, high: float) -> float:
-        value = self._raw(key)
-        if value is None:
-            return default
-        try:
-            if isinstance(value, bool):
-                raise ValueError(value)
-            number = float(value)
-        except ValueError:
-            raise ConfigError(f"{self._key(key)}: expected a number, got {value!r}") from None
-        if not low <= number <= high:
-            raise ConfigError(f"{self._key(key)}: must be between {low} and {high}, got {number}")
-        return number
-
-    def patterns(self, key: str) -> tuple[str, ...]:
-        """A list of regexes, taken literally and compiled once to check them."""
-        out = []
-        for index, value in enumerate(self.raw_list(key)):
-            path = f"{self._key(key)}[{index}]"
-            if not isinstance(value, str):
-                raise ConfigError(f"{path}: expected a regular expression in quotes")
-            try:
-                re.compile(value)
-            except re.error as e:
-                raise ConfigError(f"{path}: invalid regular expression {value!r}: {e}") from None
-            out.append(value)
-        return tuple(out)
-
-    def raw_list(self, key: str) -> list[Any]:
-        value = self._raw(key)
-        if value is None:
-            return []
-        if not isinstance(value, list):
-            raise ConfigError(f"{self._key(key)}: expected a list, got {value!r}")
-        return value
-
-    def finish(self) -> None:
-        """Reject every key that was not read."""
-        for key in self._tree:
-            if key not in self._used:
-                raise ConfigError(f"{self._key(key)}: unknown configuration key")
-
-
-def _parse_seconds(value: Any) -> float:
-    if isinstance(value, bool):
-        raise ValueError(value)
-    if isinstance(value, timedelta):
-        return value.total_seconds()
-    if type(value).__name__ == "relativedelta":  # pyhocon's reading of "5 seconds"
-        if value.years or value.months:
-            raise ValueError(value)
-        parts = ("days", "hours", "minutes", "seconds", "microseconds")
-        return timedelta(**{p: getattr(value, p) for p in parts}).total_seconds()
-    if isinstance(value, (int, float)):
-        return float(value)
-    text = str(value).strip().lower().replace(" ", "")
-    for suffix, scale in (("ms", 0.001), ("s", 1.0), ("m", 60.0)):
-        if text.endswith(suffix):
-            return float(text[: -len(suffix)]) * scale
-    return float(text)
-
-
 # --- the schema -----------------------------------------------------------------------
 
 
-def _backend(section: _Section, name: str, default_port: int) -> BackendConfig:
+def _backend(section: Section, name: str, default_port: int) -> BackendConfig:
     config = BackendConfig(
         name=name,
         label=section.string("label", name),
@@ -337,14 +234,14 @@ def _backend(section: _Section, name: str, default_port: int) -> BackendConfig:
     return config
 
 
-def _client_auth(section: _Section) -> ClientAuthConfig:
+def _client_auth(section: Section) -> ClientAuthConfig:
     method = section.string("method", "trust", METHODS)
     users = []
     for index, entry in enumerate(section.raw_list("users")):
         path = f"{section._key('users')}[{index}]"
         if not isinstance(entry, ConfigTree):
             raise ConfigError(f"{path}: expected an object with name and password")
-        user = _Section(entry, path)
+        user = Section(entry, path)
         name = user.string("name", None)
         password = user.string("password", None, exact=True)
         if not name:
@@ -359,11 +256,12 @@ def _client_auth(section: _Section) -> ClientAuthConfig:
     return ClientAuthConfig(method, tuple(users))
 
 
-def _proxy(section: _Section) -> ProxyConfig:
+def _proxy(section: Section) -> ProxyConfig:
     tls = section.section("tls")
     flow = section.section("flow")
     auth = section.section("auth")
     routing = section.section("routing")
+    admin = section.section("admin")
     config = ProxyConfig(
         listen_address=section.string("listen-address", "127.0.0.1"),
         listen_port=section.integer("listen-port", 5431, 0, 65535),
@@ -380,7 +278,11 @@ def _proxy(section: _Section) -> ProxyConfig:
         ),
         postgres_only_patterns=routing.patterns("postgres-only-patterns"),
         yugabyte_only_patterns=routing.patterns("yugabyte-only-patterns"),
+        admin=AdminConfig(
+            users=admin.strings("users"), database=admin.string("database", "twinkly")
+        ),
     )
+    admin.finish()
     if bool(config.tls_cert_file) != bool(config.tls_key_file):
         raise ConfigError("proxy.tls: cert-file and key-file must be given together")
     for key in ("cert-file", "key-file"):
@@ -395,7 +297,7 @@ def _proxy(section: _Section) -> ProxyConfig:
 
 
 def from_tree(tree: ConfigTree) -> Config:
-    root = _Section(tree, "")
+    root = Section(tree, "")
     proxy_section = root.section("proxy")
     postgresql = _backend(proxy_section.section("postgresql"), "postgresql", 5432)
     yugabytedb = _backend(proxy_section.section("yugabytedb"), "yugabytedb", 5433)
@@ -408,9 +310,8 @@ def from_tree(tree: ConfigTree) -> Config:
         bundles=reporting_section.string("bundles", None),
     )
     reporting_section.finish()
-    monitoring_section = root.section("monitoring")
-    monitoring = MonitoringConfig(log_errors=monitoring_section.boolean("log-errors", False))
-    monitoring_section.finish()
+    monitoring = _monitoring(root.section("monitoring"))
+    debug = _debug(root.section("debug"))
     root.finish()
     if (postgresql.host, postgresql.port) == (yugabytedb.host, yugabytedb.port):
         raise ConfigError(
@@ -424,10 +325,58 @@ def from_tree(tree: ConfigTree) -> Config:
         comparison=comparison,
         reporting=reporting,
         monitoring=monitoring,
+        debug=debug,
     )
 
 
-def _comparison(section: _Section) -> ComparisonConfig:
+def _monitoring(section: Section) -> MonitoringConfig:
+    http, manhole = section.section("http"), section.section("manhole")
+    config = MonitoringConfig(
+        log_errors=section.boolean("log-errors", False),
+        http=HTTPConfig(
+            enabled=http.boolean("enabled", False),
+            listen_address=http.string("listen-address", "127.0.0.1"),
+            port=http.integer("port", 9187, 0, 65535),
+        ),
+        manhole=ManholeConfig(
+            enabled=manhole.boolean("enabled", False),
+            listen_address=manhole.string("listen-address", "127.0.0.1"),
+            port=manhole.integer("port", 2222, 0, 65535),
+            users=tuple(manhole.mapping("users").items()),
+            host_key=manhole.string("host-key", None),
+        ),
+        progress_interval=section.seconds("progress-interval", 60.0),
+    )
+    if config.manhole.enabled and not config.manhole.users:
+        raise ConfigError("monitoring.manhole.users: the manhole needs at least one user")
+    http.finish()
+    manhole.finish()
+    section.finish()
+    return config
+
+
+def _debug(section: Section) -> DebugConfig:
+    config = DebugConfig(
+        log_protocol=section.boolean("log-protocol", False),
+        log_protocol_file=section.string("log-protocol-file", DebugConfig.log_protocol_file),
+        log_protocol_max_bytes=section.integer(
+            "log-protocol-max-bytes", DebugConfig.log_protocol_max_bytes, 1024, 1 << 40
+        ),
+        log_protocol_application=section.string("log-protocol-application", None),
+    )
+    if config.log_protocol_application is not None:
+        try:
+            re.compile(config.log_protocol_application)
+        except re.error as e:
+            raise ConfigError(
+                f"debug.log-protocol-application: invalid regular expression: {e}"
+            ) from None
+
+    section.finish()
+    return config
+
+
+def _comparison(section: Section) -> ComparisonConfig:
     normalize = section.section("normalize")
     config = ComparisonConfig(
         enabled=section.boolean("enabled", True),
@@ -461,7 +410,7 @@ def _comparison(section: _Section) -> ComparisonConfig:
     return config
 
 
-def _explain(section: _Section) -> ExplainConfig:
+def _explain(section: Section) -> ExplainConfig:
     config = ExplainConfig(
         enabled=section.boolean("enabled", True),
         analyze=section.boolean("analyze", True),
@@ -473,7 +422,7 @@ def _explain(section: _Section) -> ExplainConfig:
     return config
 
 
-def _ai(section: _Section) -> AIConfig:
+def _ai(section: Section) -> AIConfig:
     config = AIConfig(
         enabled=section.boolean("enabled", False),
         endpoint=section.string("endpoint", AIConfig.endpoint),

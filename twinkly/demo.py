@@ -21,7 +21,7 @@ def demo_config(truth: Server, target: Server, listen_port: int) -> str:
     def backend(server: Server) -> str:
         return (
             f'{{ label = "{server.label}", host = "{server.host}", port = {server.port},'
-            ' user = "twinkly", password = "twinkly-pw", database = "twinkly" }'
+            ' user = "twinkly", password = "twinkly-pw", database = "app" }'
         )
 
     return (
@@ -55,7 +55,7 @@ def main() -> int:
             f"\nTwinkly: source of truth PostgreSQL {truth.major} on port {truth.port},"
             f" target PostgreSQL {target.major} on port {target.port}.\n"
             f"Connect with:\n\n  PGPASSWORD=twinkly-pw psql -h 127.0.0.1 -p {listen_port}"
-            " -U twinkly twinkly\n\nCtrl-C stops Twinkly and both servers.\n",
+            " -U twinkly app\n\nCtrl-C stops Twinkly and both servers.\n",
             flush=True,
         )
         proxy = subprocess.Popen(twistd_command(config_path), cwd=workdir)

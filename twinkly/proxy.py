@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
+from collections import Counter
 from collections.abc import Callable
 
 from twisted.internet import defer, ssl
@@ -24,8 +25,10 @@ from twinkly.compare.comparator import Comparator
 from twinkly.compare.monitor import Monitor
 from twinkly.config import Config
 from twinkly.enforce import Enforcer
+from twinkly.ops.admin import AdminConsole, admin_greeting
+from twinkly.ops.trace import ProtocolTrace, attach_trace
 from twinkly.pairing import IPairObserver, PairCounter
-from twinkly.session import Session
+from twinkly.session import Session, session_counters
 from twinkly.settings import align_settings
 from twinkly.statements import ClientContexts
 from twinkly.wire.backend import BackendKeyData, ErrorResponse, NegotiateProtocolVersion
@@ -85,6 +88,8 @@ class ClientProtocol(Protocol):
                 self._auth_data(data)
             elif self._state == "connecting":
                 self._early.append(data)
+            elif self._state == "admin":
+                self._admin_data(data)
         except ProtocolViolation as e:
             self.fail("08P01", str(e))
         except AuthenticationFailed as e:
@@ -162,12 +167,37 @@ class ClientProtocol(Protocol):
 
     def _authenticated(self) -> None:
         assert self.startup is not None
+        admin = self.factory.config.proxy.admin
+        if self.startup.parameters.get("database") == admin.database:
+            self._start_admin()
+            return
         self._state = "connecting"
         self.transport.write(authentication_ok())
         self.transport.pauseProducing()
         opening = self.factory.open_backends(self.startup.parameters, self._backends)
         opening.addCallbacks(self._backends_ready, self._backends_failed)
         opening.addErrback(self._unexpected)
+
+    def _start_admin(self) -> None:
+        """The virtual database: Twinkly's own console, for its admin users only."""
+        assert self.startup is not None
+        user = self.startup.parameters["user"]
+        if self.factory.status is None or user not in self.factory.config.proxy.admin.users:
+            self.fail("28000", f'Twinkly: user "{user}" may not use the admin console')
+            return
+        self._admin = AdminConsole(self.factory.status)
+        self._state = "admin"
+        self.transport.write(authentication_ok() + admin_greeting())
+
+    def _admin_data(self, data: bytes) -> None:
+        for type_byte, payload in self._framer.feed(data):
+            reply, close = self._admin.handle(type_byte, payload)
+            if reply:
+                self.transport.write(reply)
+            if close:
+                self._state = "closed"
+                self.transport.loseConnection()
+                return
 
     def _backends_ready(self, pair: tuple[BackendProtocol, BackendProtocol]) -> object:
         truth, target = pair
@@ -193,6 +223,8 @@ class ClientProtocol(Protocol):
         self._backends = []
         session = self.factory.new_session(self.transport, truth, target)
         self.session = session
+        assert self.startup is not None
+        session.client_parameters = self.startup.parameters
         key = self.factory.register(session)
         self.transport.write(
             b"".join(truth.startup_bytes)
@@ -201,6 +233,12 @@ class ClientProtocol(Protocol):
             + truth.status.encode()
         )
         session.start()
+        trace = self.factory.trace
+        if trace is not None and session.process_id is not None:
+            application = self.startup.parameters.get("application_name", "")
+            pattern = self.factory.trace_application
+            if trace.wants(session.process_id) and (pattern is None or pattern.search(application)):
+                attach_trace(session, trace, session.process_id)
         self._state = "session"
         self.transport.resumeProducing()
         early, self._early = b"".join(self._early), []
@@ -245,6 +283,13 @@ class ProxyFactory(Factory):
         self.sessions: dict[int, tuple[bytes, Session]] = {}
         self.tls_options = _server_tls_options(config)
         self.router = make_router(config)
+        self.sessions_total = 0
+        self.connect_failures: Counter[str] = Counter()  # backend label -> failures
+        self.closed_totals: Counter[str] = Counter()  # bytes and pauses of ended sessions
+        self.status: object | None = None  # IStatus, for the admin console
+        self.trace: ProtocolTrace | None = None  # debug.log-protocol
+        application = config.debug.log_protocol_application
+        self.trace_application = re.compile(application) if application else None
 
     def buildProtocol(self, addr: object) -> ClientProtocol:
         return ClientProtocol(self)
@@ -277,6 +322,7 @@ class ProxyFactory(Factory):
         for backend in (self.config.truth, self.config.target):
             parameters = startup_parameters(backend, client_parameters)
             d = connect_backend(self.reactor, backend, parameters, proxy.max_message_bytes)
+            d.addErrback(self._connect_failed, backend.label)
             attempts.append(d.addCallback(connected))
 
         return defer.gatherResults(attempts, consumeErrors=True).addCallbacks(tuple, failed)
@@ -313,6 +359,11 @@ class ProxyFactory(Factory):
                 observer.enforcer = session.enforcer  # type: ignore[attr-defined]
         return session
 
+    def _connect_failed(self, failure: Failure, label: str) -> Failure:
+        if getattr(failure.value, "sqlstate", "08006").startswith("08"):
+            self.connect_failures[label] += 1
+        return failure
+
     def register(self, session: Session) -> BackendKeyData:
         """Give the session Twinkly's own cancel key."""
         while True:
@@ -321,6 +372,7 @@ class ProxyFactory(Factory):
                 break
         secret = os.urandom(4)
         self.sessions[process_id] = (secret, session)
+        self.sessions_total += 1
         session.process_id = process_id
         if isinstance(session.pairer.observer, Comparator):
             session.pairer.observer.session_id = process_id
@@ -330,8 +382,8 @@ class ProxyFactory(Factory):
 
     def unregister(self, session: Session) -> None:
         process_id = getattr(session, "process_id", None)
-        if process_id is not None:
-            self.sessions.pop(process_id, None)
+        if process_id is not None and self.sessions.pop(process_id, None) is not None:
+            self.closed_totals.update(session_counters(session))
 
     def cancel(self, process_id: int, secret: bytes) -> None:
         entry = self.sessions.get(process_id)

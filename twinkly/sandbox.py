@@ -247,7 +247,7 @@ class Server:
         self,
         user: str = "twinkly",
         password: str | None = "twinkly-pw",
-        dbname: str = "twinkly",
+        dbname: str = "app",
         **extra: str,
     ) -> str:
         """libpq key=value connection string over TCP (extra: sslmode=..., sslrootcert=...)."""
@@ -279,7 +279,7 @@ class Server:
         ]
         return _run(cmd, input=sql, cwd=self.socket_dir)
 
-    def reset_database(self, name: str = "twinkly") -> None:
+    def reset_database(self, name: str = "app") -> None:
         """Drop and recreate a database owned by twinkly, kicking out any connected sessions."""
         self.psql_admin(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
@@ -360,8 +360,8 @@ SET password_encryption = 'md5';
 CREATE ROLE tw_md5 LOGIN CREATEDB PASSWORD {pw["tw_md5"]};
 RESET password_encryption;
 GRANT pg_read_all_data, pg_write_all_data TO {roles};
-CREATE DATABASE twinkly OWNER twinkly;
-\\connect twinkly
+CREATE DATABASE app OWNER twinkly;
+\\connect app
 GRANT ALL ON SCHEMA public TO PUBLIC;
 """
 

@@ -88,7 +88,16 @@ class ProxyService(Service):
                 outcomes=dict(monitor.outcomes),
                 events=dict(monitor.events),
             )
+            for fingerprint, count, statement in monitor.top_mismatches(5):
+                log.info(
+                    "top mismatch: {fingerprint} x{count}: {statement}",
+                    fingerprint=fingerprint,
+                    count=count,
+                    statement=statement[:200],
+                )
             yield monitor.sink.close()
+        if self.factory.trace is not None:
+            self.factory.trace.close()
 
 
 def _sleep(reactor: object, seconds: float) -> defer.Deferred:

@@ -151,6 +151,13 @@ class Session:
         self.process_id: int | None = None  # Twinkly's own, given by the factory
         self.bytes_from_client = 0
         self.bytes_to_client = 0
+        self.started = clock.seconds()
+        self.client_parameters: dict[str, str] = {}  # the client's start-up parameters
+
+    @property
+    def statements(self) -> int:
+        """Client messages that owed an answer so far."""
+        return self._seq
 
     # --- wiring --------------------------------------------------------------------
 
@@ -508,3 +515,15 @@ class Session:
         for backend in (self.truth, self.target):
             if backend is not None and backend.key is not None:
                 send_cancel(reactor, backend.config, backend.key)
+
+
+def session_counters(session: Session) -> dict[str, int]:
+    """What one session moved and how often it waited, for the metrics."""
+    return {
+        "bytes_from_client": session.bytes_from_client,
+        "bytes_to_client": session.bytes_to_client,
+        "bytes_from_truth": session.truth_tracker.consumed,
+        "bytes_from_target": session.target_tracker.consumed,
+        "pauses_client": session.gate.pauses,
+        "pauses_truth": session.truth_gate.pauses,
+    }

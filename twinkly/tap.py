@@ -27,6 +27,8 @@ class Options(usage.Options):
         "Twinkly: a PostgreSQL wire-protocol proxy that runs every statement on two"
         " databases, answers with the source of truth, and pairs both answers for"
         " comparison. Options given here override the configuration file."
+        " Logs as JSON lines: twistd --logger twinkly.ops.logs.json_observer -n twinkly."
+        " SIGHUP reloads patterns, thresholds and switches without dropping sessions."
     )
     optParameters = [
         ["config", "c", "conf/twinkly.conf", "HOCON configuration file."],
@@ -37,6 +39,14 @@ class Options(usage.Options):
             None,
             "postgresql or yugabytedb: whose answers the client gets"
             " (overrides comparison.source-of-truth).",
+        ],
+        [
+            "manhole-port",
+            None,
+            None,
+            "Open the SSH manhole on this port of monitoring.manhole.listen-address"
+            " (overrides monitoring.manhole.port and enables it; needs"
+            " monitoring.manhole.users).",
         ],
     ]
 
@@ -49,6 +59,16 @@ class Options(usage.Options):
             )
         except ConfigError as e:
             raise usage.UsageError(str(e)) from None
+        if self["manhole-port"] is not None:
+            try:
+                port = int(self["manhole-port"])
+            except ValueError:
+                raise usage.UsageError("--manhole-port: expected a port number") from None
+            if not 0 <= port <= 65535 or not config.monitoring.manhole.users:
+                raise usage.UsageError(
+                    "--manhole-port: needs a port number and monitoring.manhole.users"
+                )
+            self["manhole-port"] = port
         self["parsed"] = config
 
 
@@ -63,41 +83,17 @@ def makeService(options: Options) -> MultiService:
     top = MultiService()
     factory = ProxyFactory(config, reactor, monitor=monitor)
     ProxyService(factory, reactor).setServiceParent(top)
+    from twinkly.ops.services import attach_operations
+
+    attach_operations(top, factory, reactor, options["config"], options["manhole-port"])
     return top
 
 
 def build_monitor(config: Config, reactor: object) -> Monitor:
     """The comparison state shared by all sessions, with its events file."""
-    from twinkly.compare.values import NormalizationRules
     from twinkly.report.sink import IEventSink, JsonLinesSink
 
-    comparison = config.comparison
-    settings = ComparisonSettings(
-        enabled=comparison.enabled,
-        fail_on_differences=comparison.fail_on_differences,
-        log_differences_only=comparison.log_differences_only,
-        exclude_patterns=tuple(re.compile(p) for p in comparison.exclude_patterns),
-        rules=NormalizationRules(
-            float_tolerance=comparison.float_tolerance,
-            numeric_scale=comparison.numeric_scale,
-            timestamptz_as_instant=comparison.timestamptz_as_instant,
-            jsonb_key_order=comparison.jsonb_key_order,
-        ),
-        max_sample_rows=comparison.max_sample_rows,
-        max_compared_rows=comparison.max_compared_rows,
-        sample_rate=comparison.sample_rate,
-        hold_bytes=comparison.hold_bytes,
-        log_errors=config.monitoring.log_errors,
-        redact=config.reporting.redact,
-        slow=SlowQuerySettings(
-            enabled=comparison.report_slow_queries,
-            ratio=comparison.slow_query_ratio,
-            min_seconds=comparison.slow_query_min_ms / 1000,
-            min_samples=comparison.slow_query_min_samples,
-            interval=comparison.slow_query_interval,
-        ),
-        fail_on_slow_queries=comparison.fail_on_slow_queries,
-    )
+    settings = comparison_settings(config)
     sink: IEventSink = JsonLinesSink(config.reporting.events_file, reactor)
     if config.reporting.bundles:
         from twinkly.report.bundles import BundleWriter
@@ -149,3 +145,47 @@ def build_llm_provider(ai: AIConfig, reactor: object) -> object:
         ai.redact,
         reactor,
     )
+
+
+def comparison_settings(config: Config) -> ComparisonSettings:
+    """What comparators read as they go (replaced whole on reload)."""
+    from twinkly.compare.values import NormalizationRules
+
+    comparison = config.comparison
+    return ComparisonSettings(
+        enabled=comparison.enabled,
+        fail_on_differences=comparison.fail_on_differences,
+        log_differences_only=comparison.log_differences_only,
+        exclude_patterns=tuple(re.compile(p) for p in comparison.exclude_patterns),
+        rules=NormalizationRules(
+            float_tolerance=comparison.float_tolerance,
+            numeric_scale=comparison.numeric_scale,
+            timestamptz_as_instant=comparison.timestamptz_as_instant,
+            jsonb_key_order=comparison.jsonb_key_order,
+        ),
+        max_sample_rows=comparison.max_sample_rows,
+        max_compared_rows=comparison.max_compared_rows,
+        sample_rate=comparison.sample_rate,
+        hold_bytes=comparison.hold_bytes,
+        log_errors=config.monitoring.log_errors,
+        redact=config.reporting.redact,
+        slow=SlowQuerySettings(
+            enabled=comparison.report_slow_queries,
+            ratio=comparison.slow_query_ratio,
+            min_seconds=comparison.slow_query_min_ms / 1000,
+            min_samples=comparison.slow_query_min_samples,
+            interval=comparison.slow_query_interval,
+        ),
+        fail_on_slow_queries=comparison.fail_on_slow_queries,
+    )
+
+
+def apply_comparison(factory: object, config: Config) -> None:
+    """Reload: new settings for every session's next statement."""
+    monitor = factory.monitor  # type: ignore[attr-defined]
+    if monitor is None:
+        return
+    monitor.settings = comparison_settings(config)
+    monitor.latency.settings = monitor.settings.slow
+    if monitor.slow.explainer is not None:
+        monitor.slow.explainer.settings = config.comparison.explain

@@ -22,7 +22,7 @@ from twinkly.sandbox import Server
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TWISTD = Path(sys.executable).with_name("twistd")
-USER, PASSWORD, DATABASE = "twinkly", "twinkly-pw", "twinkly"
+USER, PASSWORD, DATABASE = "twinkly", "twinkly-pw", "app"
 # twistd re-raises the signal that stopped it once the reactor is down.
 CLEAN_EXIT = (0, -signal.SIGTERM)
 BAD_LOG_LINES = ("Unhandled error", "Unhandled Error", "Traceback")

@@ -18,12 +18,12 @@ def _proxy_params(proxy) -> dict[str, Any]:
         "port": proxy.port,
         "user": "twinkly",
         "password": "twinkly-pw",
-        "database": "twinkly",
+        "database": "app",
         "timeout": 10,
     }
 
 
-def _truth_params(servers, database: str = "twinkly") -> dict[str, Any]:
+def _truth_params(servers, database: str = "app") -> dict[str, Any]:
     pg15 = servers[0]
     return {
         "host": pg15.host,

@@ -76,7 +76,7 @@ def errors_in(data: bytes) -> list[dict[str, str]]:
 def test_malformed_message_after_startup(proxy, bystander, garbage: bytes) -> None:
     application = "twinkly-e2e-malformed"
     with RawClient("127.0.0.1", proxy.port) as client:
-        client.startup("twinkly", "twinkly", application_name=application)
+        client.startup("twinkly", "app", application_name=application)
         assert client.simple_query("select 1")[-1][0] == b"Z"
         assert sessions(proxy.truth_dsn, application) and sessions(proxy.target_dsn, application)
         client.send(garbage)
@@ -99,7 +99,7 @@ def test_malformed_message_after_startup(proxy, bystander, garbage: bytes) -> No
         pytest.param(
             startup_packet({"user": "twinkly"}, code=2 << 16), {"08P01", "0A000"}, id="protocol-2"
         ),
-        pytest.param(startup_packet({"database": "twinkly"}), {"08P01", "28000"}, id="no-user"),
+        pytest.param(startup_packet({"database": "app"}), {"08P01", "28000"}, id="no-user"),
         pytest.param(
             struct.pack("!II", 17, PROTOCOL_3_0) + b"user\x00twinkly", {"08P01"}, id="unterminated"
         ),
@@ -133,7 +133,7 @@ def test_client_vanishing_closes_both_backends(proxy, bystander, both_equal, sta
         setup.execute("create table vanish_t (id int primary key, v text)")
         setup.execute("insert into vanish_t values (1, 'before')")
     client = RawClient("127.0.0.1", proxy.port)
-    client.startup("twinkly", "twinkly", application_name=application)
+    client.startup("twinkly", "app", application_name=application)
     client.simple_query("select 1")
     if state == "in-transaction":
         replies = client.simple_query("begin; update vanish_t set v = 'locked' where id = 1")
@@ -183,7 +183,7 @@ def test_client_leaving_during_startup_leaves_no_backend(proxy, bystander, when:
         if when == "after-ssl-request":
             client.send(struct.pack("!II", 8, 80877103))
             assert client.sock.recv(1) == b"N"
-        client.send(startup_packet({"user": "twinkly", "database": "twinkly",
+        client.send(startup_packet({"user": "twinkly", "database": "app",
                                     "application_name": application}))  # fmt: skip
         client.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         client.close()

@@ -127,10 +127,10 @@ def test_target_gets_the_truths_output_settings(start_proxy) -> None:
     user = "proxy.postgresql.user = tw_trust\nproxy.yugabytedb.user = tw_trust"
     proxy = start_proxy(extra=user)
     settings = (
-        "alter role tw_trust in database twinkly set DateStyle = 'German, DMY'",
-        "alter role tw_trust in database twinkly set IntervalStyle = 'sql_standard'",
-        "alter role tw_trust in database twinkly set TimeZone = 'Asia/Tokyo'",
-        "alter role tw_trust in database twinkly set extra_float_digits = 0",
+        "alter role tw_trust in database app set DateStyle = 'German, DMY'",
+        "alter role tw_trust in database app set IntervalStyle = 'sql_standard'",
+        "alter role tw_trust in database app set TimeZone = 'Asia/Tokyo'",
+        "alter role tw_trust in database app set extra_float_digits = 0",
     )
     run(proxy.truth_dsn, *settings)
     try:
@@ -145,7 +145,7 @@ def test_target_gets_the_truths_output_settings(start_proxy) -> None:
         assert row[:4] == ("German, DMY", "sql_standard", "Asia/Tokyo", "0")
         assert [e["kind"] for e in events_of(proxy)] == []
     finally:
-        run(proxy.truth_dsn, "alter role tw_trust in database twinkly reset all")
+        run(proxy.truth_dsn, "alter role tw_trust in database app reset all")
 
 
 def test_bundles_are_written_and_recheckable(start_proxy) -> None:

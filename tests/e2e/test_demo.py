@@ -31,7 +31,7 @@ def test_demo_runs_and_stops_cleanly(tmp_path: Path) -> None:
         start_new_session=True,
     )
     try:
-        dsn = f"host=127.0.0.1 port={port} user=twinkly password=twinkly-pw dbname=twinkly"
+        dsn = f"host=127.0.0.1 port={port} user=twinkly password=twinkly-pw dbname=app"
         deadline = time.monotonic() + 90
         while True:
             try:
@@ -43,7 +43,7 @@ def test_demo_runs_and_stops_cleanly(tmp_path: Path) -> None:
                 assert time.monotonic() < deadline, (tmp_path / "demo.log").read_text()
                 time.sleep(0.5)
         output = (tmp_path / "demo.log").read_text()
-        assert f"psql -h 127.0.0.1 -p {port} -U twinkly twinkly" in output
+        assert f"psql -h 127.0.0.1 -p {port} -U twinkly app" in output
         sandbox = next(line for line in output.splitlines() if "source of truth PostgreSQL" in line)
         assert "PostgreSQL 15" in sandbox and "PostgreSQL 18" in sandbox
         demo.send_signal(signal.SIGINT)

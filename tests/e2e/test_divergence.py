@@ -119,7 +119,7 @@ def test_target_only_error_in_extended_copy(proxy, lopsided, servers, both_equal
     async def main() -> list:
         conn = await asyncpg.connect(
             host="127.0.0.1", port=proxy.port, user="twinkly", password="twinkly-pw",
-            database="twinkly", timeout=10,
+            database="app", timeout=10,
         )  # fmt: skip
         try:
             out = [await conn.copy_records_to_table("shared", records=[(n,) for n in range(300)])]

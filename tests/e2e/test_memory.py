@@ -51,7 +51,7 @@ def test_slow_client_reads_a_million_rows_in_flat_memory(start_proxy) -> None:
     proxy = start_proxy("memory")
     process = psutil.Process(proxy.pid)
     with RawClient("127.0.0.1", proxy.port, timeout=30) as client:
-        client.startup("twinkly", "twinkly", application_name="twinkly-e2e-memory")
+        client.startup("twinkly", "app", application_name="twinkly-e2e-memory")
         # Warm up: the session exists, the hot path has run once.
         rows, errors = count_rows_slowly(
             client, "select g from generate_series(1, 1000) g", delay=0

@@ -14,7 +14,7 @@ import pytest
 pytestmark = pytest.mark.backends
 
 
-def _connect(port: int, host: str = "127.0.0.1", database: str = "twinkly") -> Any:
+def _connect(port: int, host: str = "127.0.0.1", database: str = "app") -> Any:
     return pg8000.native.Connection(
         "twinkly", host=host, port=port, password="twinkly-pw", database=database, timeout=10
     )

@@ -30,7 +30,7 @@ def _pgbench(proxy, *args: str, timeout: float = 120) -> str:
     env.update(LC_ALL="C", PGPASSWORD="twinkly-pw", PGSSLMODE="disable")
     cmd = [str(PGBENCH), "-h", "127.0.0.1", "-p", str(proxy.port), "-U", "twinkly", *args]
     result = subprocess.run(
-        [*cmd, "twinkly"], env=env, capture_output=True, text=True, timeout=timeout, check=False
+        [*cmd, "app"], env=env, capture_output=True, text=True, timeout=timeout, check=False
     )
     assert result.returncode == 0, f"pgbench {args} failed:\n{result.stdout}\n{result.stderr}"
     return result.stdout + result.stderr

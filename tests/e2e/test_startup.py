@@ -75,7 +75,7 @@ def test_many_sessions_at_once(proxy, both_equal) -> None:
     async def session(number: int) -> int:
         conn = await asyncpg.connect(
             host="127.0.0.1", port=proxy.port, user="twinkly", password="twinkly-pw",
-            database="twinkly", timeout=20,
+            database="app", timeout=20,
         )  # fmt: skip
         try:
             async with conn.transaction():
@@ -101,7 +101,7 @@ def test_asyncpg_timeout_cancels_on_both_backends(proxy) -> None:
     async def main() -> str:
         conn = await asyncpg.connect(
             host="127.0.0.1", port=proxy.port, user="twinkly", password="twinkly-pw",
-            database="twinkly", timeout=10, server_settings={"application_name": application},
+            database="app", timeout=10, server_settings={"application_name": application},
         )  # fmt: skip
         try:
             loop = asyncio.get_running_loop()

@@ -120,7 +120,7 @@ def test_client_scram_with_asyncpg_and_pg8000(start_proxy) -> None:
             port=proxy.port,
             user="alice",
             password="wonder land",
-            database="twinkly",
+            database="app",
             ssl=False,
         )
         try:
@@ -130,7 +130,7 @@ def test_client_scram_with_asyncpg_and_pg8000(start_proxy) -> None:
 
     assert asyncio.run(with_asyncpg()) == 42
     conn = pg8000.native.Connection(
-        "alice", host="127.0.0.1", port=proxy.port, password="wonder land", database="twinkly"
+        "alice", host="127.0.0.1", port=proxy.port, password="wonder land", database="app"
     )
     try:
         assert conn.run("select 6 * 7") == [[42]]
@@ -138,7 +138,7 @@ def test_client_scram_with_asyncpg_and_pg8000(start_proxy) -> None:
         conn.close()
     with pytest.raises(pg8000.native.DatabaseError):
         pg8000.native.Connection(
-            "alice", host="127.0.0.1", port=proxy.port, password="nope", database="twinkly"
+            "alice", host="127.0.0.1", port=proxy.port, password="nope", database="app"
         )
 
 

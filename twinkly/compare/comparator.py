@@ -352,7 +352,8 @@ class Comparator:
         self._event(kind, truth, target, info, reason=reason, differences=differences)
 
     def _mismatch(self, kind: str, truth, target, info, **fields: object) -> dict:
-        self.monitor.count("mismatched")
+        one_sided = kind == "error_divergence" and (truth.error is None or target.error is None)
+        self.monitor.count("one_sided_error" if one_sided else "mismatched")
         caused_by = self.monitor.cause_of(info.reads) if info is not None else None
         if self.enforcer is not None:
             fields["held"] = self.holding

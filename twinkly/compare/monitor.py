@@ -19,10 +19,15 @@ from twinkly.report.sink import IEventSink
 # Every compared statement ends in exactly one of these, so metrics never lie:
 # an ignored mismatch is not a match, and dropped work is counted.
 RECENT_EVENTS = 1000  # kept in memory for the status pages and the admin console
+MAX_FINGERPRINTS = 10_000  # mismatching fingerprints counted one by one
+MISMATCH_KINDS = frozenset(
+    ("result_mismatch", "column_mismatch", "tag_mismatch", "error_divergence")
+)
 
 OUTCOMES = (
     "matched",  # equal (possibly after type-aware normalisation)
     "mismatched",  # a real difference: an event was written
+    "one_sided_error",  # failed on one backend only: an error_divergence event
     "noise",  # different, explained by volatile functions or server identity
     "nondeterministic",  # different, and the SQL does not fix the answer
     "excluded",  # matched an exclude pattern: run on both, not compared
@@ -75,6 +80,9 @@ class Monitor:
         self.slow = SlowQueryReporter(self.emit, clock, None)
         self.muted: set[str] = set()  # fingerprints whose events are not written
         self.recent: deque[dict] = deque(maxlen=RECENT_EVENTS)  # for the status pages
+        # Per fingerprint: mismatch events, and the statement (for the status pages).
+        self.mismatches: Counter[str] = Counter()
+        self.statements: dict[str, str] = {}
 
     def emit(self, event: dict) -> bool:
         """Write one event, unless its fingerprint is muted; False if it was not."""
@@ -83,9 +91,18 @@ class Monitor:
         if event.get("fingerprint") in self.muted:
             self.events["muted"] += 1
             return False
+        fingerprint = event.get("fingerprint")
+        counted = fingerprint in self.mismatches or len(self.mismatches) < MAX_FINGERPRINTS
+        if kind in MISMATCH_KINDS and fingerprint is not None and counted:
+            self.mismatches[fingerprint] += 1
+            self.statements.setdefault(fingerprint, event.get("statement") or "")
         self.recent.append(event)
         self.sink.emit(event)
         return True
+
+    def top_mismatches(self, n: int = 3) -> list[tuple[str, int, str]]:
+        """(fingerprint, count, statement) of the most mismatching fingerprints."""
+        return [(f, c, self.statements.get(f, "")) for f, c in self.mismatches.most_common(n)]
 
     def backend_unavailable(self, reason: str, now: float, session: int | None = None) -> None:
         """A backend could not be reached, or was lost: that is an event too."""

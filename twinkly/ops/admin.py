@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime
 import math
 import re
+import secrets
 from collections.abc import Callable, Iterable, Sequence
 
 from twisted.logger import Logger
@@ -17,12 +18,14 @@ from twisted.logger import Logger
 from twinkly.config import ConfigError
 from twinkly.ops.status import IStatus
 from twinkly.wire.backend import (
+    BackendKeyData,
     Column,
     CommandComplete,
     DataRow,
     EmptyQueryResponse,
     ErrorResponse,
     NoticeResponse,
+    ParameterStatus,
     ReadyForQuery,
     RowDescription,
 )
@@ -289,3 +292,21 @@ class AdminConsole:
             return [_error("F0000", str(e))]
         summary = "changed: " + ", ".join(changed) if changed else "nothing changed"
         return [_notice(summary), CommandComplete("RELOAD")]
+
+
+def admin_greeting() -> bytes:
+    """What a client gets after login: the parameters psql reads, a cancel key (a
+    cancel has nothing to stop here), and ReadyForQuery."""
+    parameters = {
+        "server_version": "15.0 (Twinkly admin console)",
+        "server_encoding": "UTF8",
+        "client_encoding": "UTF8",
+        "DateStyle": "ISO, MDY",
+        "integer_datetimes": "on",
+        "standard_conforming_strings": "on",
+        "TimeZone": "UTC",
+    }
+    messages: list[object] = [ParameterStatus(k, v) for k, v in parameters.items()]
+    messages.append(BackendKeyData(secrets.randbelow(2**31 - 1) + 1, secrets.token_bytes(4)))
+    messages.append(ReadyForQuery("I"))
+    return _encode_all(messages)

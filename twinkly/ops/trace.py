@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from twinkly.compare.sql import analyze
 from twinkly.wire import backend as b
@@ -311,3 +311,23 @@ class _Leg:
             case b.NegotiateProtocolVersion():
                 return f" newest_minor={m.newest_minor} unrecognized={list(m.unrecognized)}"
         return ""
+
+
+def attach_trace(session: Any, trace: ProtocolTrace, session_id: int) -> None:
+    """Trace a started session's three legs, both ways, by wrapping the session's
+    readers and writers; sessions that are not traced keep their plain hot path."""
+
+    def tee(leg: Callable[[bytes], None], then: Callable[[bytes], Any]) -> Callable:
+        def traced(data: bytes) -> Any:
+            leg(data)
+            return then(data)
+
+        return traced
+
+    session.client_data = tee(trace.leg(session_id, "client", ">"), session.client_data)
+    session._to_client = tee(trace.leg(session_id, "client", "<"), session._to_client)
+    session._to_truth = tee(trace.leg(session_id, "truth", ">"), session._to_truth)
+    session._to_target = tee(trace.leg(session_id, "target", ">"), session._to_target)
+    session.truth.on_data = tee(trace.leg(session_id, "truth", "<"), session.truth.on_data)
+    if session.target is not None:
+        session.target.on_data = tee(trace.leg(session_id, "target", "<"), session.target.on_data)

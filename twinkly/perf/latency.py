@@ -146,6 +146,8 @@ class LatencyBook:
         self.settings = settings
         self.entries: OrderedDict[str, FingerprintLatency] = OrderedDict()
         self.evicted = 0  # fingerprints dropped to keep memory bounded
+        self.truth_all = LatencyHistogram()  # every fingerprint together, for metrics
+        self.target_all = LatencyHistogram()
 
     def record(
         self, fingerprint: str, statement: str, truth: float, target: float, now: float
@@ -162,6 +164,8 @@ class LatencyBook:
             entries.move_to_end(fingerprint)
         entry.truth.record(truth)
         entry.target.record(target)
+        self.truth_all.record(truth)
+        self.target_all.record(target)
         entry.executions += 1
         settings = self.settings
         if not settings.enabled:
@@ -208,3 +212,5 @@ class LatencyBook:
     def reset(self) -> None:
         """Forget every timing (the admin console and the manhole can call this)."""
         self.entries.clear()
+        self.truth_all = LatencyHistogram()
+        self.target_all = LatencyHistogram()

@@ -7,6 +7,7 @@ plan they do not understand: they say nothing about it instead.
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Iterator
 from typing import Any, TypedDict
@@ -114,7 +115,7 @@ def _text(node: Node, key: str) -> str | None:
 
 def _num(node: Node, key: str) -> float | None:
     value = node.get(key)
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+    return float(value) if isinstance(value, int | float) and math.isfinite(value) else None
 
 
 def _relations(node: Node) -> list[str]:
@@ -178,7 +179,9 @@ _CAST = re.compile(
 )
 _TOKEN = re.compile(r"\"(?:[^\"]|\"\")*\"|[A-Za-z_][\w$]*|\d+(?:\.\d+)?|[<>=!~*@&|^#%+/-]+|\S")
 _NAME = re.compile(r"\"(?:[^\"]|\"\")*\"|[A-Za-z_][\w$]*")
-_COMPARISONS = frozenset({"=", "<>", "!=", "<", ">", "<=", ">=", "~~", "!~~", "~~*", "!~~*"})
+_COMPARISONS = frozenset(
+    {"=", "<>", "!=", "<", ">", "<=", ">=", "~~", "!~~", "~~*", "!~~*", "@>", "<@", "&&", "@@"}
+)
 _NOT_COLUMNS = frozenset({"and", "or", "not", "true", "false", "null", "any", "all", "row"})
 
 
@@ -201,21 +204,22 @@ def _condition_columns(condition: str | None) -> list[str]:
 
 
 def _left_column(tokens: list[str], op: int) -> str | None:
-    """The column ending just before tokens[op]: `a.b`, `(b)`, `("B")`; None for expressions."""
-    end, start = op - 1, op - 1
-    while end >= 0 and tokens[end] == ")":  # "(col)" as in "((col)::text = ...)"
-        if end - 2 < 0 or tokens[end - 2] != "(" or not _NAME.fullmatch(tokens[end - 1]):
-            return None
-        before = tokens[end - 3] if end >= 3 else ""
-        if _NAME.fullmatch(before) and before.lower() not in ("and", "or", "not"):
-            return None  # a function call: f(col)
-        end, start = end - 1, end - 1
+    """The column just before tokens[op]: `b`, `a.b`, `(a.b)` as in `((a.b)::text = ...)`,
+    `"B"`; None for anything else (a constant, f(b), (a + b), (a).b)."""
+    end = op - 1
+    parens = 0
+    while end >= 0 and tokens[end] == ")":
+        end, parens = end - 1, parens + 1
     if end < 0 or not _NAME.fullmatch(tokens[end]):
         return None
+    start = end
     while start >= 2 and tokens[start - 1] == "." and _NAME.fullmatch(tokens[start - 2]):
         start -= 2
-    if start >= 1 and tokens[start - 1] in (".", ")"):
-        return None  # (a).b or f(x).b: a field of an expression
+    if start < parens or tokens[start - parens : start] != ["("] * parens:
+        return None  # the parentheses hold more than the column
+    before = tokens[start - parens - 1] if start - parens >= 1 else ""
+    if before in (".", ")") or (parens and _NAME.fullmatch(before)):
+        return None  # a field of an expression, or a function call f(b)
     name = tokens[end]
     if name.startswith('"'):
         return name[1:-1].replace('""', '"')
@@ -309,9 +313,8 @@ def _joins(root: Node) -> dict[frozenset[str], tuple[str, list[str]]]:
     """Join method and relations (in plan order) of each join, by the set of its relations."""
     joins: dict[frozenset[str], tuple[str, list[str]]] = {}
     for node in _walk(root):
-        method = next((m for m in JOIN_METHODS if m in _type(node)), None)
-        relations = _relations(node)
-        if method and relations:
+        relations = _relations(node) if any(m in _type(node) for m in JOIN_METHODS) else []
+        if relations:
             joins.setdefault(frozenset(relations), (_type(node), relations))
     return joins
 
@@ -340,11 +343,8 @@ def _spills(root: Node, label: str) -> Iterator[Insight]:
         method = (_text(node, "Sort Method") or "").lower()
         if "Sort" in kind and (node.get("Sort Space Type") == "Disk" or "external" in method):
             keys = node.get("Sort Key")
-            what = (
-                f"sort by {', '.join(map(str, keys))}"
-                if isinstance(keys, list) and keys
-                else "sort"
-            )
+            keys = keys if isinstance(keys, list) and keys else []
+            what = f"sort by {', '.join(map(str, keys))}" if keys else "sort"
             space = _num(node, "Sort Space Used")
             size = f" ({_int(space)} kB)" if space is not None else ""
             message = f"{what} spills to disk on {label}{size}: raise work_mem"

@@ -1,0 +1,257 @@
+"""IStatus over the running proxy: what the dashboard, the admin console and the manhole
+read, and the live reload of what can change without dropping a session."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from twinkly.backend import BackendError, connect_backend
+from twinkly.config import BackendConfig, Config, load
+from twinkly.ops.status import IStatus
+from twinkly.proxy import ProxyFactory, make_router
+
+log = Logger()
+
+_SECRET_WORDS = ("password", "secret", "users")
+# Keys a reload cannot apply: sockets, backends and logins are set up at start.
+_RESTART_PREFIXES = (
+    "proxy.listen",
+    "proxy.postgresql",
+    "proxy.yugabytedb",
+    "proxy.tls",
+    "proxy.auth",
+    "proxy.max-message-bytes",
+    "monitoring.http",
+    "monitoring.manhole",
+    "reporting",
+    "debug",
+    "comparison.source-of-truth",
+    "comparison.enabled",
+    "comparison.ai",
+)
+
+
+def flatten(config: object, prefix: str = "") -> dict[str, Any]:
+    """A config dataclass as ``{"comparison.slow-query-ratio": 4.0, ...}``."""
+    out: dict[str, Any] = {}
+    for item in dataclasses.fields(config):  # type: ignore[arg-type]
+        value = getattr(config, item.name)
+        key = prefix + item.name.replace("_", "-")
+        if dataclasses.is_dataclass(value):
+            out.update(flatten(value, key + "."))
+        else:
+            out[key] = value
+    return out
+
+
+@implementer(IStatus)
+class LiveStatus:
+    """Reads the factory (sessions) and its monitor (outcomes, events, timings)."""
+
+    def __init__(
+        self,
+        factory: ProxyFactory,
+        reactor: Any,
+        config_path: str | None,
+        apply_comparison: Callable[[Config], None] | None = None,
+    ) -> None:
+        self.factory = factory
+        self.reactor = reactor
+        self.config_path = config_path
+        self.apply_comparison = apply_comparison
+        self.started = reactor.seconds()
+
+    @property
+    def monitor(self) -> Any:
+        return self.factory.monitor
+
+    def totals(self) -> dict:
+        monitor = self.monitor
+        config = self.factory.config
+        outcomes = dict(monitor.outcomes) if monitor is not None else {}
+        return {
+            "sessions": len(self.factory.sessions),
+            "sessions_total": self.factory.sessions_total,
+            "statements": sum(outcomes.values()),
+            "outcomes": outcomes,
+            "events": dict(monitor.events) if monitor is not None else {},
+            "backends": {"truth": config.truth.label, "target": config.target.label},
+            "uptime_s": round(self.reactor.seconds() - self.started, 1),
+        }
+
+    def events(self, kind: str | None = None, limit: int = 50, before: str | None = None) -> list:
+        if self.monitor is None:
+            return []
+        out = []
+        for event in reversed(self.monitor.recent):
+            if kind is not None and event["kind"] != kind:
+                continue
+            if before is not None and event["id"] >= before:
+                continue
+            out.append(event)
+            if len(out) >= limit:
+                break
+        return out
+
+    def fingerprints(self) -> list:
+        monitor = self.monitor
+        if monitor is None:
+            return []
+        rows = []
+        for snapshot in monitor.latency.snapshot():
+            fingerprint = snapshot["fingerprint"]
+            snapshot["mismatches"] = monitor.mismatches.get(fingerprint, 0)
+            snapshot["muted"] = fingerprint in monitor.muted
+            rows.append(snapshot)
+        known = {row["fingerprint"] for row in rows}
+        for fingerprint, count in monitor.mismatches.items():
+            if fingerprint not in known:  # mismatching statements that were never timed
+                rows.append(
+                    {
+                        "fingerprint": fingerprint,
+                        "statement": monitor.statements.get(fingerprint, ""),
+                        "executions": 0,
+                        "mismatches": count,
+                        "muted": fingerprint in monitor.muted,
+                        "truth": None,
+                        "target": None,
+                        "p50_ratio": None,
+                    }
+                )
+        rows.sort(key=lambda row: (-row["mismatches"], -row["executions"]))
+        return rows
+
+    def sessions(self) -> list:
+        out = []
+        for process_id, (_, session) in sorted(self.factory.sessions.items()):
+            parameters = session.client_parameters
+            peer = session.client.getPeer()
+            out.append(
+                {
+                    "id": process_id,
+                    "client": f"{getattr(peer, 'host', '?')}:{getattr(peer, 'port', '?')}",
+                    "user": parameters.get("user", ""),
+                    "database": parameters.get("database", parameters.get("user", "")),
+                    "started": session.started,
+                    "statements": session.statements,
+                    "status": session.truth_tracker.status,
+                }
+            )
+        return out
+
+    def config_items(self) -> list:
+        return [
+            (key, "***" if value and any(w in key for w in _SECRET_WORDS) else _text(value))
+            for key, value in flatten(self.factory.config).items()
+        ]
+
+    def mute(self, fingerprint: str) -> bool:
+        muted = self.monitor.muted
+        if fingerprint in muted:
+            return False
+        muted.add(fingerprint)
+        return True
+
+    def unmute(self, fingerprint: str) -> bool:
+        muted = self.monitor.muted
+        if fingerprint not in muted:
+            return False
+        muted.discard(fingerprint)
+        return True
+
+    def reload(self) -> list:
+        """Re-read the file; apply patterns, thresholds and switches that sessions read
+        as they go. Keys that need a restart are listed as such and left as they are."""
+        if self.config_path is None:
+            return []
+        new = load(self.config_path)
+        old = self.factory.config
+        before, after = flatten(old), flatten(new)
+        changed = sorted(key for key in after if before.get(key) != after[key])
+        live = [key for key in changed if not key.startswith(_RESTART_PREFIXES)]
+        later = [key for key in changed if key.startswith(_RESTART_PREFIXES)]
+        applied = dataclasses.replace(
+            old,
+            proxy=dataclasses.replace(
+                old.proxy,
+                postgres_only_patterns=new.proxy.postgres_only_patterns,
+                yugabyte_only_patterns=new.proxy.yugabyte_only_patterns,
+                admin=new.proxy.admin,
+                flow=new.proxy.flow,
+                shutdown_timeout=new.proxy.shutdown_timeout,
+            ),
+            comparison=dataclasses.replace(
+                new.comparison,
+                source_of_truth=old.comparison.source_of_truth,
+                enabled=old.comparison.enabled,
+                ai=old.comparison.ai,
+            ),
+            monitoring=dataclasses.replace(
+                old.monitoring,
+                log_errors=new.monitoring.log_errors,
+                progress_interval=new.monitoring.progress_interval,
+            ),
+        )
+        self.factory.config = applied
+        self.factory.router = make_router(applied)
+        if self.apply_comparison is not None:
+            self.apply_comparison(applied)
+        if later:
+            log.warn(
+                "reload: these keys need a restart and were not applied: {keys}",
+                keys=", ".join(later),
+            )
+        log.info("reload: applied {keys}", keys=", ".join(live) or "nothing")
+        return live + [f"{key} (needs a restart)" for key in later]
+
+    def ready(self) -> defer.Deferred:
+        """Both backends accept a connection and a login (with the configured user;
+        without one, a TCP connection is all that can be checked)."""
+        config = self.factory.config
+        checks = [self._check(config.truth), self._check(config.target)]
+        gathered = defer.gatherResults(checks)
+        return gathered.addCallback(
+            lambda reasons: (
+                all(r is None for r in reasons),
+                {"truth": reasons[0], "target": reasons[1]},
+            )
+        )
+
+    def _check(self, backend: BackendConfig) -> defer.Deferred:
+        parameters = {
+            "user": backend.user or "postgres",
+            "database": backend.database or backend.user or "postgres",
+            "application_name": "twinkly-readyz",
+        }
+        max_bytes = self.factory.config.proxy.max_message_bytes
+        connecting = connect_backend(self.reactor, backend, parameters, max_bytes)
+
+        def connected(protocol: Any) -> None:
+            protocol.terminate()
+            return None
+
+        def failed(failure: Failure) -> str:
+            if failure.check(BackendError) and backend.user is None:
+                error = failure.value
+                if getattr(error, "sqlstate", "08006")[:2] not in ("08",):
+                    return None  # type: ignore[return-value]  # reachable; no user to log in as
+            return failure.getErrorMessage()
+
+        return connecting.addCallbacks(connected, failed)
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, tuple):
+        return ", ".join(_text(v) for v in value)
+    return str(value)

@@ -1,0 +1,135 @@
+"""Prometheus metrics, read from the live state at scrape time.
+
+Nothing is counted twice: the counters the proxy keeps anyway (outcomes, events,
+sessions, bytes, pauses, connect failures, timings) are turned into metric families when
+Prometheus asks, through a custom collector on a registry of our own. The hot path pays
+for no metrics library call.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+)
+
+from twinkly.perf.latency import LatencyHistogram
+from twinkly.session import session_counters
+
+# Upper bounds of the latency histograms' buckets, in seconds.
+BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+_SCALE = 8 / math.log(2)
+
+
+class ProxyCollector:
+    """Collects from a ProxyFactory and its Monitor."""
+
+    def __init__(self, factory: Any) -> None:
+        self.factory = factory
+
+    def collect(self) -> Iterator[Any]:
+        factory = self.factory
+        live = [session for _, session in factory.sessions.values()]
+        yield GaugeMetricFamily("twinkly_sessions", "Client sessions open now.", len(live))
+        yield CounterMetricFamily(
+            "twinkly_sessions", "Client sessions started.", factory.sessions_total
+        )
+        totals = dict(factory.closed_totals)
+        for session in live:
+            for key, value in session_counters(session).items():
+                totals[key] = totals.get(key, 0) + value
+        moved = CounterMetricFamily(
+            "twinkly_bytes", "Bytes moved, by leg and direction.", labels=["leg", "direction"]
+        )
+        for key, leg, direction in (
+            ("bytes_from_client", "client", "in"),
+            ("bytes_to_client", "client", "out"),
+            ("bytes_from_truth", "truth", "in"),
+            ("bytes_from_target", "target", "in"),
+        ):
+            moved.add_metric([leg, direction], totals.get(key, 0))
+        yield moved
+        pauses = CounterMetricFamily(
+            "twinkly_backpressure_pauses",
+            "Times a connection was paused for flow control.",
+            labels=["paused"],
+        )
+        pauses.add_metric(["client"], totals.get("pauses_client", 0))
+        pauses.add_metric(["truth"], totals.get("pauses_truth", 0))
+        yield pauses
+        failures = CounterMetricFamily(
+            "twinkly_backend_connect_failures",
+            "Backend connections that could not be made.",
+            labels=["backend"],
+        )
+        config = factory.config
+        for label in (config.truth.label, config.target.label):
+            failures.add_metric([label], factory.connect_failures.get(label, 0))
+        yield failures
+        monitor = factory.monitor
+        if monitor is None:
+            return
+        yield from _monitor_families(monitor)
+
+
+def _monitor_families(monitor: Any) -> Iterator[Any]:
+    outcomes = CounterMetricFamily(
+        "twinkly_statements",
+        "Statements by comparison outcome (each statement has exactly one).",
+        labels=["outcome"],
+    )
+    for outcome, count in monitor.outcomes.items():
+        outcomes.add_metric([outcome], count)
+    yield outcomes
+    events = CounterMetricFamily("twinkly_events", "Report events by kind.", labels=["kind"])
+    for kind, count in monitor.events.items():
+        events.add_metric([kind], count)
+    yield events
+    latency = HistogramMetricFamily(
+        "twinkly_statement_duration_seconds",
+        "Live execution time of compared statements, per backend.",
+        labels=["backend", "role"],
+    )
+    book = monitor.latency
+    for role, label, histogram in (
+        ("truth", monitor.truth_label, book.truth_all),
+        ("target", monitor.target_label, book.target_all),
+    ):
+        latency.add_metric([label, role], _buckets(histogram), histogram.total)
+    yield latency
+    yield GaugeMetricFamily(
+        "twinkly_fingerprints", "Fingerprints whose timings are kept.", len(book.entries)
+    )
+
+
+def _buckets(histogram: LatencyHistogram) -> list[tuple[str, float]]:
+    """Our log-scale buckets folded into Prometheus' cumulative ``le`` buckets (a bucket
+    counts under the first bound at or above its own upper edge: within 9 %)."""
+    counts = [0] * (len(BUCKETS) + 1)
+    for index, count in histogram.buckets.items():
+        upper = math.exp((index + 1) / _SCALE) * 1e-6
+        slot = next((i for i, bound in enumerate(BUCKETS) if upper <= bound), len(BUCKETS))
+        counts[slot] += count
+    out, running = [], 0
+    for bound, count in zip((*map(str, BUCKETS), "+Inf"), counts, strict=True):
+        running += count
+        out.append((bound, running))
+    return out
+
+
+def make_metrics(factory: Any) -> tuple[CollectorRegistry, Any]:
+    """A registry of our own (not the process-global one) and the function the HTTP
+    server calls for ``/metrics``."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(ProxyCollector(factory))  # type: ignore[arg-type]
+
+    def metrics() -> tuple[bytes, str]:
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+
+    return registry, metrics

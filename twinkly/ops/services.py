@@ -1,0 +1,131 @@
+"""The operations side of the running service: status and metrics over HTTP, the manhole,
+the progress line, SIGHUP reload and the protocol trace, each attached to the
+twistd service tree only when configured."""
+
+from __future__ import annotations
+
+import signal
+from typing import Any
+
+from twisted.application import internet, service
+from twisted.logger import Logger
+
+from twinkly.config import ConfigError
+from twinkly.ops.live import LiveStatus
+from twinkly.proxy import ProxyFactory
+
+log = Logger()
+
+
+def attach_operations(
+    top: service.MultiService,
+    factory: ProxyFactory,
+    reactor: Any,
+    config_path: str | None,
+    manhole_port: int | None = None,
+) -> LiveStatus:
+    """Add what ``monitoring`` and ``debug`` ask for under ``top``; returns the status
+    the admin console, the dashboard and the manhole share."""
+    from twinkly.tap import apply_comparison
+
+    config = factory.config
+    status = LiveStatus(factory, reactor, config_path, lambda c: apply_comparison(factory, c))
+    factory.status = status
+    http = config.monitoring.http
+    if http.enabled:
+        from twinkly.ops.http import make_site
+        from twinkly.ops.metrics import make_metrics
+
+        _, metrics = make_metrics(factory)
+        site = make_site(status, metrics)
+        site.noisy = False
+        server = internet.TCPServer(http.port, site, interface=http.listen_address)
+        server.setServiceParent(top)
+    manhole = config.monitoring.manhole
+    if manhole.enabled or manhole_port is not None:
+        if not manhole.users:
+            raise ConfigError("monitoring.manhole.users: the manhole needs at least one user")
+        from twinkly.ops.manhole import manhole_service
+
+        namespace = {
+            "service": top,
+            "factory": factory,
+            "sessions": factory.sessions,
+            "monitor": factory.monitor,
+            "reporter": factory.monitor.sink if factory.monitor is not None else None,
+            "config": config,
+            "status": status,
+            "trace": factory.trace,
+        }
+        port = manhole_port if manhole_port is not None else manhole.port
+        manhole_service(
+            port, dict(manhole.users), namespace, manhole.host_key, manhole.listen_address
+        ).setServiceParent(top)
+    if config.debug.log_protocol:
+        from twinkly.ops.trace import ProtocolTrace
+
+        factory.trace = ProtocolTrace(
+            config.debug.log_protocol_file, config.debug.log_protocol_max_bytes, reactor.seconds
+        )
+    interval = config.monitoring.progress_interval
+    if interval > 0:
+        timer = internet.TimerService(interval, log_progress, status)
+        timer.clock = reactor
+        timer.setServiceParent(top)
+    ReloadOnHangup(status, reactor).setServiceParent(top)
+    return status
+
+
+def progress_line(status: LiveStatus) -> str:
+    """Totals by outcome and the most mismatching fingerprints, in one line."""
+    totals = status.totals()
+    outcomes = ", ".join(f"{n} {name}" for name, n in totals["outcomes"].items() if n)
+    line = (
+        f"{totals['sessions']} sessions open ({totals['sessions_total']} in all),"
+        f" {totals['statements']} statements: {outcomes or 'none yet'}"
+    )
+    monitor = status.monitor
+    if monitor is not None:
+        slow = monitor.events.get("slow_query", 0)
+        if slow:
+            line += f"; {slow} slow"
+        top = monitor.top_mismatches(3)
+        if top:
+            shown = "; ".join(f"{fp} x{n} {statement[:60]!r}" for fp, n, statement in top)
+            line += f"; top mismatches: {shown}"
+    return line
+
+
+def log_progress(status: LiveStatus) -> None:
+    log.info("progress: {line}", line=progress_line(status))
+
+
+class ReloadOnHangup(service.Service):
+    """SIGHUP re-reads the configuration file without dropping a session."""
+
+    name = "twinkly-reload"
+
+    def __init__(self, status: LiveStatus, reactor: Any) -> None:
+        self.status = status
+        self.reactor = reactor
+        self._previous: Any = None
+
+    def startService(self) -> None:
+        super().startService()
+        self._previous = signal.signal(signal.SIGHUP, self._hangup)
+
+    def stopService(self) -> None:
+        super().stopService()
+        if self._previous is not None:
+            signal.signal(signal.SIGHUP, self._previous)
+
+    def _hangup(self, signum: int, frame: object) -> None:
+        self.reactor.callFromThread(self.reload)
+
+    def reload(self) -> None:
+        try:
+            changed = self.status.reload()
+        except ConfigError as e:
+            log.error("reload refused, the configuration is unchanged: {error}", error=str(e))
+            return
+        log.info("reloaded the configuration: {changed}", changed=", ".join(changed) or "no change")
