@@ -289,3 +289,42 @@ def test_dashboard_shows_mismatch_and_slow_query(
     fingerprint = browser.find_element(By.CSS_SELECTOR, "#fingerprints tr.fingerprint")
     assert RATIO_TEXT in fingerprint.text and SLOW_STATEMENT in fingerprint.text
     assert "cannot reach" not in browser.find_element(By.ID, "status").text
+
+
+@pytest.mark.backends
+def test_dashboard_shows_a_mismatch_made_through_the_proxy(
+    browser: WebDriver, start_proxy: Callable[..., Any]
+) -> None:
+    """The whole way: a real proxy in front of PostgreSQL 15 and 18, a value changed on the
+    target only, a SELECT through the proxy, and the page showing both values."""
+    import psycopg
+    from pgwire import free_port
+
+    http_port = free_port()
+    proxy = start_proxy(
+        "dashboard", extra=f"monitoring.http {{ enabled = true, port = {http_port} }}"
+    )
+    for dsn in (proxy.truth_dsn, proxy.target_dsn):
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("drop table if exists dash_t")
+            conn.execute("create table dash_t (id int, v text)")
+            conn.execute("insert into dash_t values (1, 'same'), (2, 'truth-value')")
+    with psycopg.connect(proxy.target_dsn, autocommit=True) as conn:
+        conn.execute("update dash_t set v = 'target-value' where id = 2")
+    statement = "select id, v from dash_t where id = 2"
+    with psycopg.connect(proxy.dsn(), autocommit=True) as conn:
+        assert conn.execute(statement).fetchall() == [(2, "truth-value")]
+    browser.get(f"http://127.0.0.1:{http_port}/")
+    group = wait_for(
+        browser,
+        "the mismatch made through the proxy",
+        lambda d: next(
+            g
+            for g in d.find_elements(By.CSS_SELECTOR, "#mismatches .group")
+            if g.find_element(By.CSS_SELECTOR, "pre.statement").text == statement
+        ),
+    )
+    difference = group.find_element(By.CSS_SELECTOR, "table.differences tr.difference")
+    assert "truth-value" in difference.find_element(By.CSS_SELECTOR, "td.truth").text
+    assert "target-value" in difference.find_element(By.CSS_SELECTOR, "td.target").text
+    assert "result_mismatch" in group.find_element(By.CSS_SELECTOR, ".kind").text

@@ -77,3 +77,36 @@ def test_shipped_configurations_load() -> None:
     )
     compose = (REPO / "docker" / "compose.yml").read_text()
     assert "./twinkly.conf:/etc/twinkly/twinkly.conf" in compose
+
+
+def test_compose_file_is_valid() -> None:
+    """No Docker engine runs here; docker-compose still parses and validates the file."""
+    result = subprocess.run(
+        ["docker-compose", "-f", str(REPO / "docker" / "compose.yml"), "config"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "yugabytedb/yugabyte" in result.stdout
+    mounted = load(REPO / "docker" / "twinkly.conf")
+    assert mounted.monitoring.http.enabled and mounted.proxy.admin.users == ("postgres",)
+
+
+def test_json_log_lines() -> None:
+    """``twistd --logger twinkly.ops.logs.json_observer``: one JSON object per line."""
+    code = (
+        "from twisted.logger import Logger, globalLogBeginner;"
+        "from twinkly.ops.logs import json_observer;"
+        "globalLogBeginner.beginLoggingTo([json_observer()], redirectStandardIO=False);"
+        "Logger().info('SQL error on {backend}', backend='pg18', sqlstate='23505')"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=REPO
+    )
+    import json
+
+    (line,) = [x for x in result.stdout.splitlines() if x.strip()]
+    event = json.loads(line)
+    assert event["backend"] == "pg18" and event["sqlstate"] == "23505"
+    assert event["log_format"] == "SQL error on {backend}"

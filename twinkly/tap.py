@@ -85,7 +85,10 @@ def makeService(options: Options) -> MultiService:
     ProxyService(factory, reactor).setServiceParent(top)
     from twinkly.ops.services import attach_operations
 
-    attach_operations(top, factory, reactor, options["config"], options["manhole-port"])
+    try:
+        attach_operations(top, factory, reactor, options["config"], options["manhole-port"])
+    except ConfigError as e:
+        raise SystemExit(f"twinkly: {e}") from None
     return top
 
 

@@ -5,6 +5,7 @@ twistd service tree only when configured."""
 from __future__ import annotations
 
 import signal
+from pathlib import Path
 from typing import Any
 
 from twisted.application import internet, service
@@ -64,9 +65,14 @@ def attach_operations(
     if config.debug.log_protocol:
         from twinkly.ops.trace import ProtocolTrace
 
-        factory.trace = ProtocolTrace(
-            config.debug.log_protocol_file, config.debug.log_protocol_max_bytes, reactor.seconds
-        )
+        path = Path(config.debug.log_protocol_file)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            factory.trace = ProtocolTrace(
+                str(path), config.debug.log_protocol_max_bytes, reactor.seconds
+            )
+        except OSError as e:
+            raise ConfigError(f"debug.log-protocol-file: cannot write {path}: {e}") from None
     interval = config.monitoring.progress_interval
     if interval > 0:
         timer = internet.TimerService(interval, log_progress, status)

@@ -119,6 +119,13 @@ class ProtocolTrace:
         """
         return _Leg(self, session_id, name, direction, startup)
 
+    def flush(self) -> None:
+        if self._file is not None and not self._stopped:
+            try:
+                self._file.flush()
+            except OSError:
+                self._stopped = True
+
     def close(self) -> None:
         if self._file is not None:
             try:
@@ -179,6 +186,7 @@ class _Leg:
             return
         try:
             self._feed(data)
+            self._trace.flush()  # someone is watching the trace as it happens
         except ProtocolViolation as exc:
             self._stop(f"framing failed ({exc}); no longer tracing this leg")
         except Exception as exc:  # a tracer must never break a session
