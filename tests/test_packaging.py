@@ -39,8 +39,24 @@ def test_wheel_carries_the_plugin_and_the_package(tmp_path: Path) -> None:
 def test_twistd_help_documents_the_options(tmp_path: Path) -> None:
     result = twistd("twinkly", "--help", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    for option in ("--config", "--listen", "--source-of-truth"):
+    for option in ("--config", "--listen", "--source-of-truth", "--manhole-port"):
         assert option in result.stdout
+    assert "twinkly.ops.logs.json_observer" in result.stdout  # JSON logs, documented
+
+
+def test_manhole_port_without_users_is_refused(tmp_path: Path) -> None:
+    result = twistd(
+        "-n",
+        "--pidfile=",
+        "twinkly",
+        "--config",
+        str(REPO / "conf/twinkly.conf"),
+        "--manhole-port",
+        "2222",
+        cwd=tmp_path,
+    )
+    assert result.returncode != 0
+    assert "monitoring.manhole.users" in result.stderr + result.stdout
 
 
 def test_bad_configuration_stops_startup_naming_the_key(tmp_path: Path) -> None:

@@ -125,7 +125,13 @@ def build_slow_reporter(config: Config, reactor: object, monitor: Monitor) -> Sl
     ai = config.comparison.ai
     if ai.enabled:
         providers.append(build_llm_provider(ai, reactor))
-    return SlowQueryReporter(monitor.emit, reactor.seconds, explainer, providers)  # type: ignore[attr-defined]
+    return SlowQueryReporter(
+        monitor.emit,
+        reactor.seconds,  # type: ignore[attr-defined]
+        explainer,
+        providers,
+        redact_for_providers=ai.redact,
+    )
 
 
 def build_llm_provider(ai: AIConfig, reactor: object) -> object:

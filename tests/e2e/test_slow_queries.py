@@ -4,6 +4,12 @@ insight; nothing is executed again unless provably read-only."""
 
 from __future__ import annotations
 
+import json
+import os
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
 import psycopg
 import pytest
 from proxyproc import start_proxy_process
@@ -192,3 +198,70 @@ def test_fail_on_slow_inside_a_transaction_aborts_it_on_both(failing, orders) ->
         conn.rollback()
     for dsn in orders:
         assert direct(dsn, "select note from orders where id = 1")[0] == [("n",)]
+
+
+class _Endpoint(BaseHTTPRequestHandler):
+    """An OpenAI-compatible chat-completions endpoint that records what it is asked."""
+
+    asked: list[tuple[dict, str | None]] = []
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        self.asked.append((body, self.headers.get("Authorization")))
+        answer = {"choices": [{"message": {"content": " Create the index on pg18. "}}]}
+        data = json.dumps(answer).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def with_ai(servers, tmp_path_factory, orders):
+    endpoint = ThreadingHTTPServer(("127.0.0.1", 0), _Endpoint)
+    thread = threading.Thread(target=endpoint.serve_forever, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{endpoint.server_address[1]}/v1/chat/completions"
+    os.environ["TWINKLY_AI_API_KEY"] = "test-key"
+    try:
+        proxy, events = start(
+            servers,
+            tmp_path_factory,
+            "slow-ai",
+            f'comparison.ai {{ enabled = true, endpoint = "{url}", model = "m1", timeout = 5s }}',
+        )
+    finally:
+        del os.environ["TWINKLY_AI_API_KEY"]
+    try:
+        yield proxy, events
+    finally:
+        proxy.stop()
+        endpoint.shutdown()
+    assert not proxy.bad_log_lines(), proxy.log_text()
+
+
+def test_llm_insight_arrives_later_linked_to_the_event(with_ai) -> None:
+    proxy, events = with_ai
+    with psycopg.connect(proxy.dsn(), autocommit=True) as conn:
+        conn.execute("select count(*) from orders where customer_id = 4242").fetchall()
+    deadline = time.monotonic() + 30
+    while not any(e["kind"] == "insight" for e in events.all()):
+        assert time.monotonic() < deadline, events.all()
+        time.sleep(0.1)
+    written = events.all()
+    (slow,) = [e for e in written if e["kind"] == "slow_query" and "4242" in e["statement"]]
+    (insight,) = [e for e in written if e["kind"] == "insight"]
+    assert insight["event"] == slow["id"]
+    assert insight["answer"] == {
+        "provider": "llm",
+        "model": "m1",
+        "text": "Create the index on pg18.",
+    }
+    ((body, authorization),) = _Endpoint.asked
+    assert authorization == "Bearer test-key" and body["model"] == "m1"
+    sent = json.dumps(body)
+    assert "orders" in sent and "4242" not in sent  # literals redacted by default

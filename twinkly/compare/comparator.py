@@ -333,7 +333,12 @@ class Comparator:
                 bind=context[1],
                 parameter_types=tuple(context[2] or ()),
             )
-        written = monitor.slow.slow_query(fields, self.sides() if self.sides else None, request)
+        written = monitor.slow.slow_query(
+            fields,
+            self.sides() if self.sides else None,
+            request,
+            info.redacted if info is not None else None,
+        )
         written.addCallback(self._slow_written)
         if monitor.settings.fail_on_slow_queries and self.enforcer is not None:
             self.enforcer.slow(written)

@@ -33,11 +33,13 @@ class SlowQueryReporter:
         clock: Callable[[], float],
         explainer: Explainer | None,
         providers: Sequence[IInsightProvider] = (),
+        redact_for_providers: bool = True,
     ) -> None:
         self.emit = emit  # Monitor.emit: counts, mutes, keeps and writes
         self.clock = clock
         self.explainer = explainer
         self.providers = list(providers)
+        self.redact_for_providers = redact_for_providers  # comparison.ai.redact
         self.pending: set[defer.Deferred] = set()
 
     def slow_query(
@@ -45,17 +47,19 @@ class SlowQueryReporter:
         fields: dict,
         sides: tuple[SideConnection, SideConnection] | None,
         request: ExplainRequest | None,
+        redacted: str | None = None,
     ) -> defer.Deferred[dict]:
         """Take both plans, then write the event; fires with it (never errbacks).
 
-        ``fields`` are the event's fields but for the plans and insights."""
+        ``fields`` are the event's fields but for the plans and insights; ``redacted``
+        is the statement with its literals replaced, for providers outside Twinkly."""
         if self.explainer is None or sides is None or request is None:
             plans: defer.Deferred = defer.succeed((None, None))
         else:
             plans = defer.gatherResults(
                 [self.explainer.explain(side.config, side.parameters, request) for side in sides]
             )
-        written: defer.Deferred[dict] = plans.addCallback(self._write, fields)
+        written: defer.Deferred[dict] = plans.addCallback(self._write, fields, redacted)
         written.addErrback(self._failed, fields)
         self.pending.add(written)
         written.addBoth(self._settled, written)
@@ -66,7 +70,10 @@ class SlowQueryReporter:
         return result
 
     def _write(
-        self, plans: tuple[ExplainResult | None, ExplainResult | None], fields: dict
+        self,
+        plans: tuple[ExplainResult | None, ExplainResult | None],
+        fields: dict,
+        redacted: str | None,
     ) -> dict:
         truth_plan, target_plan = plans
         truth_label = (fields.get("truth") or {}).get("label", "truth")
@@ -93,7 +100,7 @@ class SlowQueryReporter:
             insights=insights,
             **fields,
         )
-        self._ask_providers(event)
+        self._ask_providers(event, redacted)
         return event
 
     def _failed(self, failure: Failure, fields: dict) -> dict:
@@ -101,9 +108,12 @@ class SlowQueryReporter:
         log.failure("slow query plans failed", failure)
         return self._emit("slow_query", plans=None, insights=[], **fields)
 
-    def _ask_providers(self, event: dict) -> None:
+    def _ask_providers(self, event: dict, redacted: str | None) -> None:
+        statement = event.get("statement")
+        if self.redact_for_providers:
+            statement = redacted or "<statement not shown: it could not be redacted>"
         request = {
-            "statement": event.get("statement"),
+            "statement": statement,
             "fingerprint": event.get("fingerprint"),
             "heuristics": event.get("insights") or [],
         }

@@ -19,6 +19,9 @@ from typing import IO, Any
 
 from twinkly.report.events import BENIGN_KINDS, KINDS
 
+# An insight explains a slow_query event; it is not a problem of its own.
+NOT_PROBLEMS = BENIGN_KINDS | {"insight"}
+
 NO_FINGERPRINT = "(none)"
 MAX_LINE_BYTES = 64 * 1024 * 1024  # a longer line is counted as malformed, not read into memory
 MAX_DIFFERENCES = 5
@@ -137,7 +140,7 @@ class Group:
 
     @property
     def problems(self) -> int:
-        return sum(n for kind, n in self.kinds.items() if kind not in BENIGN_KINDS)
+        return sum(n for kind, n in self.kinds.items() if kind not in NOT_PROBLEMS)
 
 
 class Summary:
