@@ -115,6 +115,10 @@ class FakeStatus:
         self.muted.discard(fingerprint)
         return True
 
+    def reset_timings(self) -> int:
+        self.calls.append(("reset_timings", None))
+        return 3
+
     def reload(self) -> list:
         if isinstance(self.reload_result, Exception):
             raise self.reload_result
@@ -401,6 +405,12 @@ class ReloadTests(ConsoleTestCase):
         self.assertIsInstance(notice, b.NoticeResponse)
         self.assertEqual(notice.message, "changed: comparison.sample-rate, log.level")
         self.assertEqual(done, b.CommandComplete("RELOAD"))
+
+    def test_reset_timings(self) -> None:
+        notice, done = self.query("reset  timings;")
+        self.assertEqual(notice.message, "forgot the timings of 3 fingerprints")
+        self.assertEqual(done, b.CommandComplete("RESET"))
+        self.assertIn(("reset_timings", None), self.status.calls)
 
     def test_reload_with_nothing_changed(self) -> None:
         notice, done = self.query("reload;")

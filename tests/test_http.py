@@ -91,6 +91,9 @@ class FakeStatus:
     def unmute(self, fingerprint: str) -> bool:
         return True
 
+    def reset_timings(self) -> int:
+        return 0
+
     def reload(self) -> list:
         return []
 

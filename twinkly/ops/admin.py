@@ -60,6 +60,7 @@ HELP = (
     ("MUTE <fingerprint>", "stop reporting events for a fingerprint"),
     ("UNMUTE <fingerprint>", "report a fingerprint again"),
     ("RELOAD", "re-read the configuration file"),
+    ("RESET TIMINGS", "forget every fingerprint's latency histograms"),
 )
 
 # Messages of the extended query protocol: after refusing one, skip to Sync like PostgreSQL.
@@ -222,6 +223,12 @@ class AdminConsole:
             return self._show[words[1]]()
         if words == ["reload"]:
             return self._reload()
+        if words == ["reset", "timings"]:
+            dropped = self.status.reset_timings()
+            return [
+                _notice(f"forgot the timings of {dropped} fingerprints"),
+                CommandComplete("RESET"),
+            ]
         if words[0] in ("mute", "unmute"):
             verb = words[0].upper()
             token = _FINGERPRINT.fullmatch(text[len(verb) :].strip())

@@ -166,6 +166,12 @@ class LiveStatus:
         muted.discard(fingerprint)
         return True
 
+    def reset_timings(self) -> int:
+        book = self.monitor.latency
+        count = len(book.entries)
+        book.reset()
+        return count
+
     def reload(self) -> list:
         """Re-read the file; apply patterns, thresholds and switches that sessions read
         as they go. Keys that need a restart are listed as such and left as they are."""

@@ -43,6 +43,9 @@ class IStatus(Interface):
     def unmute(fingerprint: str) -> bool:
         """Report ``fingerprint`` again; False if it was not muted."""
 
+    def reset_timings() -> int:
+        """Forget every fingerprint's latency histograms; returns how many there were."""
+
     def reload() -> list:
         """Re-read the configuration file and apply what can change live; returns the
         keys that changed. Raises twinkly.config.ConfigError naming a bad key."""
