@@ -132,7 +132,7 @@ class LiveStatus:
         out = []
         for process_id, (_, session) in sorted(self.factory.sessions.items()):
             parameters = session.client_parameters
-            peer = session.client.getPeer()
+            peer = session.client.getPeer()  # type: ignore[attr-defined]
             out.append(
                 {
                     "id": process_id,

@@ -116,7 +116,8 @@ def _buckets(histogram: LatencyHistogram) -> list[tuple[str, float]]:
         upper = math.exp((index + 1) / _SCALE) * 1e-6
         slot = next((i for i, bound in enumerate(BUCKETS) if upper <= bound), len(BUCKETS))
         counts[slot] += count
-    out, running = [], 0
+    out: list[tuple[str, float]] = []
+    running = 0
     for bound, count in zip((*map(str, BUCKETS), "+Inf"), counts, strict=True):
         running += count
         out.append((bound, running))

@@ -16,7 +16,7 @@ from typing import Any
 from treq.client import HTTPClient
 from twisted.internet.defer import Deferred, TimeoutError, succeed
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.protocol import Protocol
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import PotentialDataLoss, ResponseDone
@@ -175,7 +175,7 @@ class _Body(Protocol):
             self.done.errback(_InsightError(f"response body larger than {BODY_LIMIT} bytes"))
             self._cancel(self.done)
 
-    def connectionLost(self, reason: Failure) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self.done.called:
             return
         if reason.check(ResponseDone, PotentialDataLoss):
@@ -245,7 +245,7 @@ class LLMInsightProvider:
             self.failed += 1
             log.warn("LLM insight not requested: bad request ({error!r})", error=e)
             return succeed(None)
-        headers = {b"Content-Type": [b"application/json"]}
+        headers: dict[bytes | str, list[bytes | str]] = {b"Content-Type": [b"application/json"]}
         if self._api_key:
             headers[b"Authorization"] = [f"Bearer {self._api_key}".encode()]
         self.sent += 1

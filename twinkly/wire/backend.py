@@ -7,7 +7,7 @@ start-up parameters, errors, command tags); rows pass through as raw bytes.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from twinkly.wire.buffers import NoPayload, Reader, cstring, int16, int32, sized, uint32
 from twinkly.wire.framing import ProtocolViolation
@@ -322,7 +322,7 @@ class EmptyQueryResponse(NoPayload):
     TYPE = b"I"
 
 
-BACKEND_MESSAGES: dict[int, type] = {
+BACKEND_MESSAGES: dict[int, Any] = {  # message classes, each with a read()
     cls.TYPE[0]: cls
     for cls in (
         Authentication,

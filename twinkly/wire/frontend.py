@@ -7,7 +7,7 @@ phase, for what Twinkly itself sends to backends, for the protocol trace, and fo
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from twinkly.wire.buffers import (
     NoPayload,
@@ -312,7 +312,7 @@ class Terminate(NoPayload):
     TYPE = b"X"
 
 
-FRONTEND_MESSAGES: dict[int, type] = {
+FRONTEND_MESSAGES: dict[int, Any] = {  # message classes, each with a read()
     cls.TYPE[0]: cls
     for cls in (
         Query,
