@@ -17,14 +17,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from twisted.internet.interfaces import IPushProducer, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from zope.interface import implementer
 
 from twinkly.backend import BackendProtocol, send_cancel
 from twinkly.config import Config
 from twinkly.copies import CopyAlignment, may_copy_from
+from twinkly.flow import GateReason, PauseGate
 from twinkly.pairing import IPairObserver, Pairer
 from twinkly.perf.explain import SideConnection
 from twinkly.responses import (
@@ -53,52 +53,6 @@ _EXECUTE = ord("E")
 
 
 DRAIN_SECONDS = 30.0  # how long a closed session waits for a backend's owed answers
-
-
-class PauseGate:
-    """Pauses a producer while any named reason holds, resumes when none does."""
-
-    def __init__(self, producer: IPushProducer) -> None:
-        self._producer = producer
-        self._reasons: set[str] = set()
-        self.pauses = 0
-
-    def pause(self, reason: str) -> None:
-        if reason in self._reasons:
-            return
-        if not self._reasons:
-            self.pauses += 1
-            self._producer.pauseProducing()
-        self._reasons.add(reason)
-
-    def resume(self, reason: str) -> None:
-        if reason not in self._reasons:
-            return
-        self._reasons.discard(reason)
-        if not self._reasons:
-            self._producer.resumeProducing()
-
-    @property
-    def reasons(self) -> frozenset[str]:
-        return frozenset(self._reasons)
-
-
-@implementer(IPushProducer)
-class _GateReason:
-    """Makes one reason of a PauseGate look like a producer to a consumer transport."""
-
-    def __init__(self, gate: PauseGate, reason: str) -> None:
-        self._gate = gate
-        self._reason = reason
-
-    def pauseProducing(self) -> None:
-        self._gate.pause(self._reason)
-
-    def resumeProducing(self) -> None:
-        self._gate.resume(self._reason)
-
-    def stopProducing(self) -> None:
-        self._gate.resume(self._reason)
 
 
 class Session:
@@ -171,10 +125,10 @@ class Session:
         target.on_lost = self._backend_lost
         # A slow client pauses the truth; so does a target too far behind (truth_gate).
         self.client.registerProducer(  # type: ignore[attr-defined]
-            _GateReason(self.truth_gate, "client-buffer"), True
+            GateReason(self.truth_gate, "client-buffer"), True
         )
-        truth.transport.registerProducer(_GateReason(self.gate, "truth-buffer"), True)
-        target.transport.registerProducer(_GateReason(self.gate, "target-buffer"), True)
+        truth.transport.registerProducer(GateReason(self.gate, "truth-buffer"), True)
+        target.transport.registerProducer(GateReason(self.gate, "target-buffer"), True)
         # Messages that arrived right after ReadyForQuery (a notice, say).
         if truth.leftover:
             self.truth_tracker.feed(truth.leftover)

@@ -1,0 +1,57 @@
+"""Flow control: a producer paused for several reasons at once.
+
+A connection may be paused because the client reads slowly, because a backend's write
+buffer is full, or because the target lags; it resumes only when no reason holds. Each
+reason looks like a plain producer to the transport that registers it.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.interfaces import IPushProducer
+from zope.interface import implementer
+
+
+class PauseGate:
+    """Pauses a producer while any named reason holds, resumes when none does."""
+
+    def __init__(self, producer: IPushProducer) -> None:
+        self._producer = producer
+        self._reasons: set[str] = set()
+        self.pauses = 0
+
+    def pause(self, reason: str) -> None:
+        if reason in self._reasons:
+            return
+        if not self._reasons:
+            self.pauses += 1
+            self._producer.pauseProducing()
+        self._reasons.add(reason)
+
+    def resume(self, reason: str) -> None:
+        if reason not in self._reasons:
+            return
+        self._reasons.discard(reason)
+        if not self._reasons:
+            self._producer.resumeProducing()
+
+    @property
+    def reasons(self) -> frozenset[str]:
+        return frozenset(self._reasons)
+
+
+@implementer(IPushProducer)
+class GateReason:
+    """Makes one reason of a PauseGate look like a producer to a consumer transport."""
+
+    def __init__(self, gate: PauseGate, reason: str) -> None:
+        self._gate = gate
+        self._reason = reason
+
+    def pauseProducing(self) -> None:
+        self._gate.pause(self._reason)
+
+    def resumeProducing(self) -> None:
+        self._gate.resume(self._reason)
+
+    def stopProducing(self) -> None:
+        self._gate.resume(self._reason)
