@@ -25,7 +25,7 @@ def test_encryption_negotiation_then_login(proxy) -> None:
         assert client.sock.recv(1) == b"N"
         client.send(SSL_REQUEST)
         assert client.sock.recv(1) == b"N"
-        client.startup("twinkly", "twinkly", application_name="twinkly-e2e-negotiation")
+        client.startup("twinkly", "app", application_name="twinkly-e2e-negotiation")
         assert client.parameters["server_version"].startswith("15.")
         assert client.backend_key is not None
         replies = client.simple_query("select 'negotiated'")
@@ -36,7 +36,7 @@ def test_startup_and_first_query_in_one_packet(proxy) -> None:
     """Some clients send their first query without waiting for ReadyForQuery."""
     with RawClient("127.0.0.1", proxy.port) as client:
         client.send(
-            startup_packet({"user": "twinkly", "database": "twinkly"})
+            startup_packet({"user": "twinkly", "database": "app"})
             + query_message("select 40 + 2")
         )
         seen = []
@@ -142,7 +142,7 @@ def test_messages_split_into_single_bytes(proxy) -> None:
     sync = message(b"S")
     with RawClient("127.0.0.1", proxy.port) as client:
         for chunk in (
-            startup_packet({"user": "twinkly", "database": "twinkly"}),
+            startup_packet({"user": "twinkly", "database": "app"}),
             parse + bind + describe + execute + sync,
         ):
             for i in range(len(chunk)):
