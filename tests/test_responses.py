@@ -468,3 +468,72 @@ class ReceiveTests(TrackerTestCase):
         self.expect(r.QUERY)
         with self.assertRaises(ProtocolViolation):
             self.tracker.receive(MessageFramer(1024), b"D\x00\x01\x00\x00")
+
+
+class TimingTests(TrackerTestCase):
+    """What a result's time means: the server's work on it, or nothing (``timed``)."""
+
+    def results(self) -> list[StatementResult]:
+        return [i for i in self.items if isinstance(i, StatementResult)]
+
+    def test_a_statement_queued_behind_another_starts_when_the_backend_is_free(self) -> None:
+        self.expect(r.QUERY)
+        self.clock.now = 0.002
+        self.expect(r.QUERY)  # sent while the first still runs
+        self.clock.now = 1.0
+        self.feed(done("SELECT 0"), ready())
+        self.clock.now = 1.01
+        self.feed(done("SELECT 0"), ready())
+        first, second = self.results()
+        self.assertEqual((first.elapsed, first.timed), (1.0, True))
+        self.assertEqual(second.started, 1.0)
+        self.assertAlmostEqual(second.elapsed, 0.01)
+
+    def test_an_extended_statement_is_timed_from_when_it_was_sent(self) -> None:
+        self.clock.now = 5.0
+        self.expect(r.PARSE, r.BIND, r.DESCRIBE_PORTAL, r.EXECUTE, r.SYNC)
+        self.clock.now = 5.25  # the server flushes everything at the Sync
+        self.feed(PARSE_OK, BIND_OK, b.NoData(), done("INSERT 0 1"), ready())
+        execute = self.results()[-1]
+        self.assertEqual(execute.request, r.EXECUTE)
+        self.assertEqual((execute.elapsed, execute.timed), (0.25, True))
+
+    def test_executes_answered_in_one_flush_are_not_timed(self) -> None:
+        self.expect(r.BIND, r.EXECUTE, r.BIND, r.EXECUTE, r.SYNC)
+        self.clock.now = 0.5
+        self.feed(BIND_OK, done("SELECT 0"), BIND_OK, done("SELECT 0"), ready())
+        executes = [x for x in self.results() if x.request == r.EXECUTE]
+        self.assertEqual([x.timed for x in executes], [False, False])
+        # The next group, alone before its Sync, is timed again.
+        self.expect(r.BIND, r.EXECUTE, r.SYNC)
+        self.clock.now = 0.7
+        self.feed(BIND_OK, done("SELECT 0"), ready())
+        self.assertTrue(self.results()[-1].timed)
+
+    def test_a_pause_during_a_result_spoils_its_time(self) -> None:
+        self.expect(r.QUERY)
+        self.clock.now = 0.1
+        self.tracker.paused()
+        self.clock.now = 0.4
+        self.tracker.resumed()
+        self.clock.now = 0.5
+        self.feed(done("SELECT 0"), ready())
+        self.expect(r.QUERY)  # sent after the pause: unaffected
+        self.clock.now = 0.6
+        self.feed(done("SELECT 0"), ready())
+        self.assertEqual([x.timed for x in self.results()], [False, True])
+
+    def test_a_result_finishing_while_paused_is_not_timed(self) -> None:
+        self.expect(r.QUERY)
+        self.tracker.paused()
+        self.clock.now = 0.3
+        self.feed(done("SELECT 0"), ready())  # bytes read before the pause took effect
+        self.assertFalse(self.results()[0].timed)
+
+    def test_held_back_messages_start_when_they_are_sent(self) -> None:
+        self.expect(r.QUERY)
+        self.clock.now = 2.0
+        self.tracker.sent(2.0)  # released from behind a possible COPY only now
+        self.clock.now = 2.1
+        self.feed(done("SELECT 0"), ready())
+        self.assertAlmostEqual(self.results()[0].elapsed, 0.1)

@@ -3,7 +3,7 @@ network: the side connection is a fake that records what it is sent."""
 
 from __future__ import annotations
 
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
@@ -21,19 +21,29 @@ PLAN = '[{"Plan": {"Node Type": "Seq Scan", "Relation Name": "orders", "Plan Row
 
 
 class FakeSide:
-    """A logged-in side connection: answers every query with one JSON plan cell."""
+    """A logged-in side connection: answers every query with one JSON plan cell, and
+    the catalog check with ``unsafe`` relations."""
 
-    def __init__(self, fail_on: str | None = None) -> None:
+    def __init__(self, fail_on: str | None = None, unsafe: int = 0, hang: bool = False) -> None:
         self.sent: list[object] = []
         self.terminated = False
         self.fail_on = fail_on
-        self.transport = self  # .connected, as a transport would say
+        self.unsafe = unsafe
+        self.hang = hang
+        self.pending: defer.Deferred | None = None
+        self.transport = self  # .connected and abortConnection, as a transport's
         self.connected = True
+
+    @property
+    def idle(self) -> bool:
+        return self.pending is None or self.pending.called
 
     def run_query(self, sql: str) -> defer.Deferred:
         self.sent.append(sql)
         if self.fail_on and self.fail_on in sql:
             return defer.fail(BackendError("pg15: canceling statement", "57014"))
+        if "pg_class" in sql:
+            return defer.succeed([[str(self.unsafe)]])
         return defer.succeed([])
 
     def run_messages(self, data: bytes) -> defer.Deferred:
@@ -43,7 +53,15 @@ class FakeSide:
         self.sent.append(messages)
         if self.fail_on == "EXPLAIN":
             return defer.fail(BackendError("pg15: canceling statement", "57014"))
+        if self.hang:
+            self.pending = defer.Deferred()
+            return self.pending
         return defer.succeed([[PLAN]])
+
+    def abortConnection(self) -> None:
+        self.connected = False
+        if self.pending is not None and not self.pending.called:
+            self.pending.errback(BackendError("pg15 (127.0.0.1:1) closed the connection"))
 
     def terminate(self) -> None:
         self.terminated = True
@@ -62,7 +80,8 @@ class ExplainerTests(SynchronousTestCase):
             self.connected.append(parameters)
             return defer.succeed(self.side)
 
-        return Explainer(ExplainConfig(**settings), connect)  # type: ignore[arg-type]
+        self.clock = task.Clock()
+        return Explainer(ExplainConfig(**settings), connect, self.clock)  # type: ignore[arg-type]
 
     def explain(self, explainer: Explainer, request: ExplainRequest) -> ExplainResult:
         return self.successResultOf(explainer.explain(TRUTH, {"user": "u"}, request))
@@ -70,13 +89,16 @@ class ExplainerTests(SynchronousTestCase):
     def test_read_only_select_is_analyzed_in_a_read_only_transaction(self) -> None:
         explainer = self.explainer(statement_timeout=2.5)
         result = self.explain(
-            explainer, ExplainRequest("select count(*) from orders", "select", True)
+            explainer,
+            ExplainRequest("select count(*) from orders", "select", True, relations=("orders",)),
         )
         self.assertTrue(result.analyzed)
         self.assertEqual(result.plan[0]["Plan"]["Node Type"], "Seq Scan")  # type: ignore[index]
-        begin, timeout, explain, rollback = self.side.sent
+        begin, timeout, locks, tables, explain, rollback = self.side.sent
         self.assertEqual(begin, "BEGIN READ ONLY")
         self.assertEqual(timeout, "SET LOCAL statement_timeout = 2500")
+        self.assertEqual(locks, "SET LOCAL lock_timeout = 1000")
+        self.assertIn("'orders'", tables)  # the relations read, checked in the catalog
         self.assertEqual(
             explain,
             [f.Query("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) select count(*) from orders")],
@@ -93,7 +115,25 @@ class ExplainerTests(SynchronousTestCase):
             explainer = self.explainer()
             result = self.explain(explainer, request)
             self.assertFalse(result.analyzed)
-            self.assertEqual(self.side.sent[2], [f.Query(f"EXPLAIN (FORMAT JSON) {request.sql}")])
+            self.assertEqual(self.side.sent[3], [f.Query(f"EXPLAIN (FORMAT JSON) {request.sql}")])
+
+    def test_a_view_or_row_security_means_no_analyze(self) -> None:
+        explainer = self.explainer(FakeSide(unsafe=1))
+        request = ExplainRequest("select * from v", "select", True, relations=("v",))
+        result = self.explain(explainer, request)
+        self.assertFalse(result.analyzed)
+        self.assertEqual(self.side.sent[4], [f.Query("EXPLAIN (FORMAT JSON) select * from v")])
+
+    def test_a_side_connection_that_never_answers_is_dropped(self) -> None:
+        explainer = self.explainer(FakeSide(hang=True), statement_timeout=1.0)
+        waiting = explainer.explain(TRUTH, {}, ExplainRequest("select 1", "select", True))
+        self.clock.advance(2.9)
+        self.assertNoResult(waiting)
+        self.clock.advance(0.2)  # statement_timeout and the margin are over
+        result = self.successResultOf(waiting)
+        self.assertIn("closed the connection", result.error)  # type: ignore[arg-type]
+        self.assertTrue(self.side.terminated)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_analyze_can_be_switched_off(self) -> None:
         explainer = self.explainer(analyze=False)
@@ -108,9 +148,10 @@ class ExplainerTests(SynchronousTestCase):
             True,
             bind=bind(b"\x00\x07", b"x", formats=(1, 0)),
             parameter_types=(21, 25),
+            relations=("t",),
         )
         self.explain(explainer, request)
-        parse, bound, execute, sync = self.side.sent[2]  # type: ignore[misc]
+        parse, bound, execute, sync = self.side.sent[4]  # type: ignore[misc]
         self.assertEqual(
             parse,
             f.Parse("", "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + request.sql, (21, 25)),
@@ -138,7 +179,7 @@ class ExplainerTests(SynchronousTestCase):
         def connect(config: BackendConfig, parameters: dict) -> defer.Deferred:
             return defer.fail(BackendError("cannot connect to pg18 (127.0.0.1:2)"))
 
-        explainer = Explainer(ExplainConfig(), connect)
+        explainer = Explainer(ExplainConfig(), connect, task.Clock())
         result = self.successResultOf(
             explainer.explain(TARGET, {}, ExplainRequest("select 1", "select", True))
         )
@@ -151,7 +192,7 @@ class ExplainerTests(SynchronousTestCase):
             pending.append(defer.Deferred())
             return pending[-1]
 
-        explainer = Explainer(ExplainConfig(max_concurrent=1, max_queued=2), connect)
+        explainer = Explainer(ExplainConfig(max_concurrent=1, max_queued=2), connect, task.Clock())
         request = ExplainRequest("select 1", "select", True)
         results = [explainer.explain(TRUTH, {}, request) for _ in range(4)]
         self.assertEqual(len(pending), 1)  # one at a time
@@ -294,7 +335,7 @@ class ReporterTests(SynchronousTestCase):
 
 class MessagesTests(SynchronousTestCase):
     def test_a_bind_that_does_not_decode_is_reported_not_raised(self) -> None:
-        explainer = Explainer(ExplainConfig(), lambda c, p: defer.succeed(FakeSide()))
+        explainer = Explainer(ExplainConfig(), lambda c, p: defer.succeed(FakeSide()), task.Clock())
         request = ExplainRequest("select $1", "select", True, bind=b"\x00garbage")
         result = self.successResultOf(explainer.explain(TRUTH, {}, request))
         self.assertIn("cannot bind the parameters again", result.error)  # type: ignore[arg-type]

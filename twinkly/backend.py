@@ -197,6 +197,11 @@ class BackendProtocol(Protocol):
         session takes the connection over; fires with the rows as text."""
         return self.run_messages(encode(Query(sql)))
 
+    @property
+    def idle(self) -> bool:
+        """No query of Twinkly's own is waiting for its answer."""
+        return self._query is None
+
     def run_messages(self, data: bytes) -> defer.Deferred[list[list[str | None]]]:
         """Send encoded messages ending in a Query or a Sync (a side connection's
         EXPLAIN); fires with the rows as text once ReadyForQuery comes, or a BackendError

@@ -163,12 +163,13 @@ class Enforcer:
         """comparison.fail-on-slow-queries: a statement of the open group was too slow on
         the target. Its event (with both plans, for the DETAIL) is awaited before the
         group is settled; a mismatch found meanwhile takes precedence."""
-        if self.group is None or self.streaming:
+        group = self.group
+        if group is None or self.streaming:
             return
         self.slow_pending.append(written)
 
         def written_(event: dict) -> dict:
-            if self.failure is None and self.group is not None:
+            if self.failure is None and self.group == group and not self.streaming:
                 self.failure = event
             return event
 
@@ -189,8 +190,8 @@ class Enforcer:
             return
         waiting = [d for d in self.slow_pending if not d.called]
         if waiting and not self.streaming:
-            # Settle once the slow statements' plans are in (bounded by the EXPLAIN
-            # statement_timeout); nothing else is sent meanwhile: the group is open.
+            # Settle once the slow statements' plans are in (the Explainer gives up
+            # after statement_timeout and a margin); meanwhile the group stays open.
             gathered = DeferredList(waiting, consumeErrors=True)
             gathered.addCallback(lambda _: self.truth_synced(point))
             return
@@ -203,7 +204,7 @@ class Enforcer:
             self.group_end = point.end
         elif point.status == "T":
             self._internal(
-                "DO $$BEGIN RAISE EXCEPTION 'Twinkly: answers differ' USING ERRCODE = 'TW001';"
+                "DO $$BEGIN RAISE EXCEPTION 'Twinkly: transaction aborted' USING ERRCODE = 'TW001';"
                 " END$$",
                 "abort",
             )

@@ -7,6 +7,8 @@ reason looks like a plain producer to the transport that registers it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from twisted.internet.interfaces import IPushProducer
 from zope.interface import implementer
 
@@ -18,6 +20,7 @@ class PauseGate:
         self._producer = producer
         self._reasons: set[str] = set()
         self.pauses = 0
+        self.on_change: Callable[[bool], None] | None = None  # told paused / resumed
 
     def pause(self, reason: str) -> None:
         if reason in self._reasons:
@@ -25,6 +28,8 @@ class PauseGate:
         if not self._reasons:
             self.pauses += 1
             self._producer.pauseProducing()
+            if self.on_change is not None:
+                self.on_change(True)
         self._reasons.add(reason)
 
     def resume(self, reason: str) -> None:
@@ -33,6 +38,8 @@ class PauseGate:
         self._reasons.discard(reason)
         if not self._reasons:
             self._producer.resumeProducing()
+            if self.on_change is not None:
+                self.on_change(False)
 
     @property
     def reasons(self) -> frozenset[str]:

@@ -205,7 +205,13 @@ class ResponseTracker:
         self.consumed = 0  # bytes of complete messages tracked so far (a stream offset)
         self._message_end = 0
         self.copy_key = -1  # key of the last result that entered COPY FROM STDIN
-        self._untimed = False  # the next result to finish was delayed by a pause
+        # What makes a time the server's own: a statement starts when it was sent, or
+        # when the backend became free (its last ReadyForQuery), whichever is later;
+        # a pause of this stream by Twinkly during it spoils it.
+        self._last_ready = 0.0
+        self._paused_since: float | None = None
+        self._last_resumed = 0.0
+        self._group_executes = 0  # Executes started since the last ReadyForQuery
 
     @property
     def owed(self) -> int:
@@ -231,9 +237,15 @@ class ResponseTracker:
         self._owed.append([kind, now, seq, context])
 
     def paused(self) -> None:
-        """Twinkly stopped reading this backend: the result it is in the middle of, or
-        the next one, would look slower than the server made it."""
-        self._untimed = True
+        """Twinkly stopped reading this backend: results it is in the middle of would
+        look slower than the server made them."""
+        if self._paused_since is None:
+            self._paused_since = self._clock()
+
+    def resumed(self) -> None:
+        if self._paused_since is not None:
+            self._paused_since = None
+            self._last_resumed = self._clock()
 
     def sent(self, now: float) -> None:
         """Client messages held back (behind a possible COPY) went out only now."""
@@ -321,9 +333,18 @@ class ResponseTracker:
             head = self._head()
             if head is None:
                 return None
+            sent = head[1]
             result = StatementResult(
-                head[0], head[1], (head[2] << SUB_BITS) | self._statement, head[3]
+                head[0],
+                sent if sent > self._last_ready else self._last_ready,
+                (head[2] << SUB_BITS) | self._statement,
+                head[3],
             )
+            if head[0] == EXECUTE:
+                self._group_executes += 1
+                # Several Executes before one Sync are answered in one flush: their
+                # times cannot be told apart.
+                result.timed = self._group_executes == 1 and self._alone_in_group()
             described, context = self._described, head[3]
             if head[0] == EXECUTE and described and context and context[0] == described[0]:
                 result.columns = described[1]
@@ -331,14 +352,23 @@ class ResponseTracker:
             self._current = result
         return self._current
 
+    def _alone_in_group(self) -> bool:
+        """No other Execute is owed before the next Sync (the head is this one)."""
+        for index, entry in enumerate(self._owed):
+            if index and entry[0] == EXECUTE:
+                return False
+            if entry[0] == SYNC:
+                return True
+        return True
+
     def _finish(self, pop: bool) -> None:
         result = self._current
         now = self._clock()
         if result is not None:
             self._current = None
             result.finished = now
-            if self._untimed:
-                result.timed = self._untimed = False
+            if self._paused_since is not None or self._last_resumed > result.started:
+                result.timed = False
             result.end = self._message_end
             result.digest &= _DIGEST_MASK
             self.copy_in = False
@@ -462,8 +492,10 @@ class ResponseTracker:
             return
         self._skipping = False
         self._statement = 0
+        self._group_executes = 0
         self.last_key = (head[2] << SUB_BITS) | SYNC_SUB
-        self._emit(SyncPoint(self.status, self._clock(), self.last_key, self._message_end))
+        self._last_ready = now = self._clock()
+        self._emit(SyncPoint(self.status, now, self.last_key, self._message_end))
 
     def _lose_track(self, why: str) -> None:
         if self.lost_track is None:

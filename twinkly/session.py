@@ -89,6 +89,7 @@ class Session:
         self._target_framer = target.framer
         self.gate = PauseGate(client_transport)  # type: ignore[arg-type]
         self.truth_gate = PauseGate(truth.transport)  # type: ignore[arg-type]
+        self.truth_gate.on_change = self._truth_paused
         self._to_client = immediate_writer(client_transport)
         self._to_truth = immediate_writer(truth.transport)
         self._to_target = immediate_writer(target.transport)
@@ -150,6 +151,14 @@ class Session:
             SideConnection(self.truth.config, self.truth.parameters),
             SideConnection(self.target.config, self.target.parameters),
         )
+
+    def _truth_paused(self, paused: bool) -> None:
+        """The truth's stream stopped (slow client, lagging target): its timings then
+        are Twinkly's doing, not the server's."""
+        if paused:
+            self.truth_tracker.paused()
+        else:
+            self.truth_tracker.resumed()
 
     # --- the hot path --------------------------------------------------------------
 
@@ -378,6 +387,7 @@ class Session:
             self._target_paused = False
             if self.target is not None:
                 self.target.transport.resumeProducing()
+                self.target_tracker.resumed()
 
     def _pairing_lost(self, tracker: ResponseTracker) -> None:
         """Stop pairing once (a stream could not be followed, or a cap was reached);

@@ -120,7 +120,7 @@ def build_slow_reporter(config: Config, reactor: object, monitor: Monitor) -> Sl
     def connect(backend: BackendConfig, parameters: dict[str, str]):  # type: ignore[no-untyped-def]
         return connect_backend(reactor, backend, parameters, config.proxy.max_message_bytes)
 
-    explainer = Explainer(config.comparison.explain, connect)
+    explainer = Explainer(config.comparison.explain, connect, reactor)  # type: ignore[arg-type]
     providers: list[IInsightProvider] = [HeuristicInsightProvider()]
     ai = config.comparison.ai
     if ai.enabled:

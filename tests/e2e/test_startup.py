@@ -36,8 +36,7 @@ def test_startup_and_first_query_in_one_packet(proxy) -> None:
     """Some clients send their first query without waiting for ReadyForQuery."""
     with RawClient("127.0.0.1", proxy.port) as client:
         client.send(
-            startup_packet({"user": "twinkly", "database": "app"})
-            + query_message("select 40 + 2")
+            startup_packet({"user": "twinkly", "database": "app"}) + query_message("select 40 + 2")
         )
         seen = []
         while len([t for t in seen if t == b"Z"]) < 2:

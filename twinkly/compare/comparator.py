@@ -13,7 +13,7 @@ import random
 from collections.abc import Callable
 from functools import lru_cache
 
-from pglast import parser
+from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -23,6 +23,7 @@ from twinkly.compare.sql import StatementInfo
 from twinkly.compare.values import decode_columns
 from twinkly.pairing import IPairObserver
 from twinkly.perf.explain import ExplainRequest
+from twinkly.perf.fingerprints import fingerprints
 from twinkly.perf.latency import NOTHING
 from twinkly.report.events import make_event
 from twinkly.responses import SYNC_SUB, StatementResult, SyncPoint
@@ -35,10 +36,9 @@ log = Logger()
 
 _SUB_MASK = SYNC_SUB
 # The requests that execute something. A Parse, Bind or Describe answer is only flushed
-# with the Execute's, so its time would be the Execute's. Statements sent together (a
-# pipeline, a multi-statement query) are answered together: each is timed from when it
-# was sent, so the same on both backends.
-_TIMED = frozenset(("Q", "E", "F"))
+# with the Execute's, so its time would be the Execute's; statements answered in one
+# flush (several Executes before a Sync, a multi-statement query) are not timed at all.
+_TIMED = frozenset(("Q", "E"))
 MAX_ANALYZED_CHARS = 256 * 1024
 
 
@@ -278,29 +278,56 @@ class Comparator:
         if fingerprint not in book.entries:
             statement = _statement_text(self._info(truth), truth, monitor.settings.redact)
         verdict = book.record(fingerprint, statement, truth.elapsed, target.elapsed, self.clock())
-        if verdict is NOTHING:
+        failing = (
+            monitor.settings.fail_on_slow_queries
+            and self.enforcer is not None
+            and book.settings.slower(truth.elapsed, target.elapsed)
+        )
+        if verdict is NOTHING and not failing:
             return
-        if verdict.regression is not None:
-            entry = book.get(fingerprint)
-            if entry is not None:
-                monitor.slow.regression(entry, verdict.regression, self.session_id)
+        entry = book.get(fingerprint)
+        if verdict.regression is not None and entry is not None:
+            monitor.slow.regression(entry, verdict.regression, self.session_id)
         if verdict.slow:
-            self._slow(truth, target, fingerprint, verdict.suppressed)
+            written = self._slow(truth, target, fingerprint, verdict.suppressed)
+        elif failing:
+            # Rate-limited (or not reported): the client still gets TW003, with the
+            # plans of the last event written for this fingerprint.
+            written = defer.succeed(self._again(truth, target, entry))
+        else:
+            return
+        if failing:
+            self.enforcer.slow(written)  # type: ignore[union-attr]
 
     def _fingerprint(self, result: StatementResult) -> str | None:
+        """The statement's fingerprint; None when its time is not its own: the
+        statements of a multi-statement query are answered in one flush."""
         context = result.context
-        if context is None or len(context[0]) > MAX_ANALYZED_CHARS:
+        if context is None:
             return None
         prints = fingerprints(context[0])
-        if not prints:
-            info = self._info(result)  # unparsable: analyze() gives a stable hash
-            return info.fingerprint if info is not None else None
-        index = result.key & _SUB_MASK if result.request == "Q" else 0
-        return prints[min(index, len(prints) - 1)]
+        if len(prints) != 1:
+            return None  # several statements, or one that does not parse
+        return prints[0]
+
+    def _again(self, truth: StatementResult, target: StatementResult, entry: object) -> dict:
+        """A slow execution that writes no event, described for TW003."""
+        last = getattr(entry, "last_event", None) or {}
+        return {
+            **last,
+            "kind": "slow_query",
+            "truth": summary(truth, self.monitor.truth_label),
+            "target": summary(target, self.monitor.target_label),
+            "ratio": round(target.elapsed / truth.elapsed, 2) if truth.elapsed > 0 else None,
+            "reason": (
+                f"{self.monitor.target_label} took {target.elapsed * 1000:.1f} ms,"
+                f" {self.monitor.truth_label} {truth.elapsed * 1000:.1f} ms"
+            ),
+        }
 
     def _slow(
         self, truth: StatementResult, target: StatementResult, fingerprint: str, suppressed: int
-    ) -> None:
+    ) -> defer.Deferred[dict]:
         monitor = self.monitor
         info = self._info(truth)
         parameters, formats = _bound_parameters(truth)
@@ -332,6 +359,7 @@ class Comparator:
                 read_only=info.read_only,
                 bind=context[1],
                 parameter_types=tuple(context[2] or ()),
+                relations=tuple(sorted(info.reads)),
             )
         written = monitor.slow.slow_query(
             fields,
@@ -339,12 +367,15 @@ class Comparator:
             request,
             info.redacted if info is not None else None,
         )
-        written.addCallback(self._slow_written)
-        if monitor.settings.fail_on_slow_queries and self.enforcer is not None:
-            self.enforcer.slow(written)
+        return written.addCallback(self._slow_written)
 
     def _slow_written(self, event: dict) -> dict:
         self.last_event = event
+        entry = self.monitor.latency.get(event["fingerprint"])
+        if entry is not None:  # what TW003 shows for executions that write no event
+            entry.last_event = {
+                key: event.get(key) for key in ("id", "plan_summary", "plan_errors", "insights")
+            }
         return event
 
     # --- events ---------------------------------------------------------------------
@@ -403,26 +434,6 @@ def _column_problems(truth: bytes | None, target: bytes | None) -> tuple[str, ..
     return tuple(
         compare_columns(decode_columns(truth or b"\0\0"), decode_columns(target or b"\0\0"))
     )
-
-
-def fingerprints(sql: str) -> tuple[str, ...]:
-    """Each statement's fingerprint (literals and parameters ignored), () if the text
-    does not parse. About 10 microseconds a statement: cheap enough for every execution,
-    and cached by text for the extended protocol, where texts repeat."""
-    if len(sql) <= _CACHED_TEXT:
-        return _cached_fingerprints(sql)
-    return _fingerprints(sql)
-
-
-def _fingerprints(sql: str) -> tuple[str, ...]:
-    try:
-        return tuple(parser.fingerprint(part) for part in parser.split(sql, with_parser=False))
-    except Exception:  # pglast raises its own ParseError, and ValueError on NUL
-        return ()
-
-
-_CACHED_TEXT = 4096
-_cached_fingerprints = lru_cache(maxsize=4096)(_fingerprints)
 
 
 def _noise_reason(info: StatementInfo | None) -> str | None:

@@ -13,16 +13,13 @@ from twinkly.compare.sql import StatementCache
 from twinkly.compare.values import NormalizationRules
 from twinkly.perf.latency import LatencyBook, SlowQuerySettings
 from twinkly.perf.slow import SlowQueryReporter
-from twinkly.report.events import make_event
+from twinkly.report.events import MISMATCH_KINDS, make_event
 from twinkly.report.sink import IEventSink
 
 # Every compared statement ends in exactly one of these, so metrics never lie:
 # an ignored mismatch is not a match, and dropped work is counted.
 RECENT_EVENTS = 1000  # kept in memory for the status pages and the admin console
 MAX_FINGERPRINTS = 10_000  # mismatching fingerprints counted one by one
-MISMATCH_KINDS = frozenset(
-    ("result_mismatch", "column_mismatch", "tag_mismatch", "error_divergence")
-)
 
 OUTCOMES = (
     "matched",  # equal (possibly after type-aware normalisation)
@@ -87,10 +84,10 @@ class Monitor:
     def emit(self, event: dict) -> bool:
         """Write one event, unless its fingerprint is muted; False if it was not."""
         kind = event["kind"]
-        self.events[kind] += 1
         if event.get("fingerprint") in self.muted:
-            self.events["muted"] += 1
+            self.events["muted"] += 1  # counted, not written
             return False
+        self.events[kind] += 1
         fingerprint = event.get("fingerprint")
         counted = fingerprint in self.mismatches or len(self.mismatches) < MAX_FINGERPRINTS
         if kind in MISMATCH_KINDS and fingerprint is not None and counted:

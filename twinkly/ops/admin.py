@@ -17,6 +17,7 @@ from twisted.logger import Logger
 
 from twinkly.config import ConfigError
 from twinkly.ops.status import IStatus
+from twinkly.report.events import MISMATCH_KINDS
 from twinkly.wire.backend import (
     BackendKeyData,
     Column,
@@ -38,15 +39,6 @@ log = Logger()
 TEXT, INT8, BOOL, FLOAT8, TIMESTAMPTZ = 25, 20, 16, 701, 1184
 _TYPE_SIZES = {TEXT: -1, INT8: 8, BOOL: 1, FLOAT8: 8, TIMESTAMPTZ: 8}
 
-MISMATCH_KINDS = frozenset(
-    {
-        "result_mismatch",
-        "column_mismatch",
-        "tag_mismatch",
-        "error_divergence",
-        "transaction_divergence",
-    }
-)
 MISMATCHES_SHOWN = 50
 MISMATCHES_SCANNED = 200  # other kinds (noise...) are interleaved: look further back
 

@@ -20,21 +20,37 @@ from twinkly.proxy import ProxyFactory, make_router
 log = Logger()
 
 _SECRET_WORDS = ("password", "secret", "users")
-# Keys a reload cannot apply: sockets, backends and logins are set up at start.
-_RESTART_PREFIXES = (
-    "proxy.listen",
-    "proxy.postgresql",
-    "proxy.yugabytedb",
-    "proxy.tls",
-    "proxy.auth",
+READY_CACHE = 2.0  # seconds a readiness answer is reused
+# What a reload does with each changed key (flattened names, see ``flatten``). Sockets,
+# backends, logins and the services around the proxy are set up once: restart. What a
+# session reads when it starts applies to new sessions. Everything else (patterns,
+# thresholds, switches read statement by statement) applies at once.
+_RESTART = (
+    "proxy.listen-",
     "proxy.max-message-bytes",
-    "monitoring.http",
-    "monitoring.manhole",
-    "reporting",
-    "debug",
-    "comparison.source-of-truth",
+    "proxy.tls-",
+    "proxy.auth",
+    "postgresql.",
+    "yugabytedb.",
+    "reporting.",
+    "debug.",
+    "monitoring.http.",
+    "monitoring.manhole.",
+    "monitoring.progress-interval",
     "comparison.enabled",
-    "comparison.ai",
+    "comparison.source-of-truth",
+    "comparison.ai.",
+    "comparison.explain.max-concurrent",
+)
+_NEW_SESSIONS = (
+    "proxy.flow.",
+    "proxy.postgres-only-patterns",
+    "proxy.yugabyte-only-patterns",
+    "comparison.fail-on-differences",
+    "comparison.fail-on-slow-queries",
+    "comparison.hold-bytes",
+    "comparison.max-target-lag",
+    "comparison.max-compared-rows",
 )
 
 
@@ -67,6 +83,8 @@ class LiveStatus:
         self.config_path = config_path
         self.apply_comparison = apply_comparison
         self.started = reactor.seconds()
+        self._ready: tuple[float, tuple] | None = None  # (when, answer) of the last check
+        self._checking: defer.Deferred | None = None
 
     @property
     def monitor(self) -> Any:
@@ -173,62 +191,82 @@ class LiveStatus:
         return count
 
     def reload(self) -> list:
-        """Re-read the file; apply patterns, thresholds and switches that sessions read
-        as they go. Keys that need a restart are listed as such and left as they are."""
+        """Re-read the file and apply what can change without dropping a session;
+        returns the changed keys, each saying when it takes effect."""
         if self.config_path is None:
             return []
         new = load(self.config_path)
         old = self.factory.config
         before, after = flatten(old), flatten(new)
         changed = sorted(key for key in after if before.get(key) != after[key])
-        live = [key for key in changed if not key.startswith(_RESTART_PREFIXES)]
-        later = [key for key in changed if key.startswith(_RESTART_PREFIXES)]
-        applied = dataclasses.replace(
-            old,
-            proxy=dataclasses.replace(
-                old.proxy,
-                postgres_only_patterns=new.proxy.postgres_only_patterns,
-                yugabyte_only_patterns=new.proxy.yugabyte_only_patterns,
-                admin=new.proxy.admin,
-                flow=new.proxy.flow,
-                shutdown_timeout=new.proxy.shutdown_timeout,
+        replace = dataclasses.replace
+        self.factory.config = replace(
+            new,
+            proxy=replace(
+                new.proxy,
+                listen_address=old.proxy.listen_address,
+                listen_port=old.proxy.listen_port,
+                max_message_bytes=old.proxy.max_message_bytes,
+                tls_cert_file=old.proxy.tls_cert_file,
+                tls_key_file=old.proxy.tls_key_file,
+                auth=old.proxy.auth,
             ),
-            comparison=dataclasses.replace(
+            postgresql=old.postgresql,
+            yugabytedb=old.yugabytedb,
+            comparison=replace(
                 new.comparison,
-                source_of_truth=old.comparison.source_of_truth,
                 enabled=old.comparison.enabled,
+                source_of_truth=old.comparison.source_of_truth,
                 ai=old.comparison.ai,
+                explain=replace(
+                    new.comparison.explain,
+                    max_concurrent=old.comparison.explain.max_concurrent,
+                ),
             ),
-            monitoring=dataclasses.replace(
-                old.monitoring,
-                log_errors=new.monitoring.log_errors,
-                progress_interval=new.monitoring.progress_interval,
+            reporting=old.reporting,
+            monitoring=replace(
+                new.monitoring,
+                http=old.monitoring.http,
+                manhole=old.monitoring.manhole,
+                progress_interval=old.monitoring.progress_interval,
             ),
+            debug=old.debug,
         )
-        self.factory.config = applied
-        self.factory.router = make_router(applied)
+        self.factory.router = make_router(self.factory.config)
         if self.apply_comparison is not None:
-            self.apply_comparison(applied)
-        if later:
-            log.warn(
-                "reload: these keys need a restart and were not applied: {keys}",
-                keys=", ".join(later),
-            )
-        log.info("reload: applied {keys}", keys=", ".join(live) or "nothing")
-        return live + [f"{key} (needs a restart)" for key in later]
+            self.apply_comparison(self.factory.config)
+        described = [f"{key}{_when(key)}" for key in changed]
+        log.info("reload: {keys}", keys=", ".join(described) or "nothing changed")
+        return described
 
     def ready(self) -> defer.Deferred:
         """Both backends accept a connection and a login (with the configured user;
-        without one, a TCP connection is all that can be checked)."""
-        config = self.factory.config
-        checks = [self._check(config.truth), self._check(config.target)]
-        gathered = defer.gatherResults(checks)
-        return gathered.addCallback(
-            lambda reasons: (
-                all(r is None for r in reasons),
-                {"truth": reasons[0], "target": reasons[1]},
-            )
+        without one, a TCP connection is all that can be checked). One check at a time,
+        its answer reused for READY_CACHE seconds: probes never become a login storm."""
+        now = self.reactor.seconds()
+        if self._ready is not None and now - self._ready[0] < READY_CACHE:
+            return defer.succeed(self._ready[1])
+        if self._checking is None:
+            config = self.factory.config
+            checks = [self._check(config.truth), self._check(config.target)]
+            self._checking = defer.gatherResults(checks).addCallback(self._checked)
+        waiter: defer.Deferred = defer.Deferred()
+
+        def tell(answer: tuple) -> tuple:
+            waiter.callback(answer)
+            return answer
+
+        self._checking.addCallback(tell)
+        return waiter
+
+    def _checked(self, reasons: list) -> tuple:
+        answer = (
+            all(r is None for r in reasons),
+            {"truth": reasons[0], "target": reasons[1]},
         )
+        self._ready = (self.reactor.seconds(), answer)
+        self._checking = None
+        return answer
 
     def _check(self, backend: BackendConfig) -> defer.Deferred:
         parameters = {
@@ -261,3 +299,11 @@ def _text(value: Any) -> str:
     if isinstance(value, tuple):
         return ", ".join(_text(v) for v in value)
     return str(value)
+
+
+def _when(key: str) -> str:
+    if key.startswith(_RESTART):
+        return " (needs a restart: not applied)"
+    if key.startswith(_NEW_SESSIONS):
+        return " (for new sessions)"
+    return ""

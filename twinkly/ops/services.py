@@ -69,7 +69,10 @@ def attach_operations(
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             factory.trace = ProtocolTrace(
-                str(path), config.debug.log_protocol_max_bytes, reactor.seconds
+                str(path),
+                config.debug.log_protocol_max_bytes,
+                reactor.seconds,
+                redact=config.reporting.redact,
             )
         except OSError as e:
             raise ConfigError(f"debug.log-protocol-file: cannot write {path}: {e}") from None

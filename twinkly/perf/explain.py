@@ -2,8 +2,10 @@
 
 A statement is run again only when that provably cannot change anything: a plain
 SELECT with no data-modifying CTE, no row locks and only allow-listed functions (see
-``StatementInfo.read_only``) gets ``EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON)``; anything
-else gets plain ``EXPLAIN (FORMAT JSON)``, which plans without executing. Both run inside
+``StatementInfo.read_only``) reading only plain tables without row security (checked in
+the catalog first: a view or a policy could call anything) gets ``EXPLAIN (ANALYZE,
+BUFFERS, FORMAT JSON)``; anything else gets plain ``EXPLAIN (FORMAT JSON)``, which plans
+without executing. Both run inside
 ``BEGIN READ ONLY`` ... ``ROLLBACK`` with a statement_timeout, on a fresh connection that
 logs in like the session did, and extended-protocol parameters are bound exactly as the
 client bound them. Concurrency is bounded and the queue is capped: a burst of slow
@@ -16,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -29,6 +32,7 @@ from twinkly.wire.frontend import Bind, Execute, Parse, Query, Sync, encode
 log = Logger()
 
 EXPLAINABLE = frozenset(("select", "insert", "update", "delete", "merge"))
+_MARGIN = 2.0  # seconds past statement_timeout before Twinkly drops a side connection
 
 
 @dataclass(frozen=True)
@@ -49,6 +53,7 @@ class ExplainRequest:
     read_only: bool
     bind: bytes | None = None
     parameter_types: tuple[int, ...] = ()
+    relations: tuple[str, ...] = ()  # the tables it reads, as written
 
 
 @dataclass(frozen=True)
@@ -67,9 +72,10 @@ Connect = Callable[[BackendConfig, dict[str, str]], defer.Deferred[BackendProtoc
 class Explainer:
     """Takes plans on side connections, a bounded number at a time."""
 
-    def __init__(self, settings: ExplainConfig, connect: Connect) -> None:
+    def __init__(self, settings: ExplainConfig, connect: Connect, clock: IReactorTime) -> None:
         self.settings = settings
         self._connect = connect
+        self._clock = clock
         self._slots = defer.DeferredSemaphore(settings.max_concurrent)
         self.waiting = 0
         self.taken = 0
@@ -98,26 +104,38 @@ class Explainer:
     def _run(
         self, config: BackendConfig, parameters: dict[str, str], request: ExplainRequest
     ) -> defer.Deferred[ExplainResult]:
-        analyze = self.settings.analyze and request.read_only and request.kind == "select"
+        wants_analyze = self.settings.analyze and request.read_only and request.kind == "select"
         try:
-            statement = _explain_messages(request, analyze)
+            _explain_messages(request, False)  # the client's Bind must decode
         except (ProtocolViolation, ValueError) as e:
             return defer.succeed(ExplainResult(error=f"cannot bind the parameters again: {e}"))
         side = dict(parameters, application_name="twinkly-explain")
         timeout_ms = max(1, int(self.settings.statement_timeout * 1000))
+        analyzed = False
 
         @defer.inlineCallbacks
         def exchange():  # type: ignore[no-untyped-def]
+            nonlocal analyzed
             backend = yield self._connect(config, side)
+            # Twinkly's own limit, should the server not keep to statement_timeout.
+            limit = self._clock.callLater(
+                self.settings.statement_timeout + _MARGIN, backend.transport.abortConnection
+            )
             try:
                 yield backend.run_query("BEGIN READ ONLY")
                 yield backend.run_query(f"SET LOCAL statement_timeout = {timeout_ms}")
+                # The client's own session may hold locks: do not queue behind them.
+                yield backend.run_query(f"SET LOCAL lock_timeout = {min(timeout_ms, 1000)}")
                 try:
-                    rows = yield backend.run_messages(statement)
+                    if wants_analyze:
+                        analyzed = yield _plain_tables(backend, request.relations)
+                    rows = yield backend.run_messages(_explain_messages(request, analyzed))
                 finally:
-                    if backend.transport is not None and backend.transport.connected:
+                    if backend.transport.connected and backend.idle:
                         yield backend.run_query("ROLLBACK")
             finally:
+                if limit.active():
+                    limit.cancel()
                 backend.terminate()
             return rows
 
@@ -127,7 +145,7 @@ class Explainer:
             plan = parse_plan(text)
             if plan is None:
                 return ExplainResult(error="the EXPLAIN output is not JSON")
-            return ExplainResult(plan=plan, analyzed=analyze)
+            return ExplainResult(plan=plan, analyzed=analyzed)
 
         def failed(failure: Failure) -> ExplainResult:
             self.failed += 1
@@ -138,6 +156,21 @@ class Explainer:
             return ExplainResult(error=reason)
 
         return exchange().addCallbacks(done, failed)
+
+
+@defer.inlineCallbacks
+def _plain_tables(backend: BackendProtocol, relations: tuple[str, ...]):  # type: ignore[no-untyped-def]
+    """Whether every relation read is a plain table or materialized view without row
+    security: a view or a policy could run functions the SQL text does not show."""
+    if not relations:
+        return True
+    names = ", ".join("'" + name.replace("'", "''") + "'" for name in relations)
+    rows = yield backend.run_query(
+        f"SELECT count(*) FROM unnest(ARRAY[{names}]::text[]) AS r(name)"
+        " LEFT JOIN pg_catalog.pg_class c ON c.oid = pg_catalog.to_regclass(r.name)"
+        " WHERE c.oid IS NULL OR c.relkind NOT IN ('r', 'm', 'p') OR c.relrowsecurity"
+    )
+    return rows == [["0"]]
 
 
 def _explain_messages(request: ExplainRequest, analyze: bool) -> bytes:

@@ -25,20 +25,32 @@ from zope.interface import Attribute, Interface, implementer
 
 log = Logger()
 
-CONDITION_KEYS = frozenset(
+# Plan keys whose string values are names and words of EXPLAIN's own, never data: kept.
+# Every other string (conditions, outputs, keys, function calls, cache keys...) has its
+# literals replaced, whatever key a server version or fork puts it under.
+NAME_KEYS = frozenset(
     {
-        "Filter",
-        "Index Cond",
-        "Recheck Cond",
-        "Hash Cond",
-        "Merge Cond",
-        "Join Filter",
-        "One-Time Filter",
-        "Storage Filter",
-        "Remote Filter",
-        "Output",
-        "Sort Key",
-        "Group Key",
+        "Node Type",
+        "Relation Name",
+        "Schema",
+        "Alias",
+        "Index Name",
+        "Join Type",
+        "Strategy",
+        "Partial Mode",
+        "Parent Relationship",
+        "Scan Direction",
+        "Sort Method",
+        "Sort Space Type",
+        "Command",
+        "Operation",
+        "CTE Name",
+        "Subplan Name",
+        "Function Name",
+        "Trigger Name",
+        "Constraint Name",
+        "Conflict Resolution",
+        "Conflict Arbiter Indexes",
     }
 )
 PLAN_LIMIT = 12_000  # characters of compact JSON per plan in the prompt
@@ -86,15 +98,16 @@ def redact_text(text: str, numbers: bool = True) -> str:
 
 
 def redact_plan(plan: Any) -> Any:
-    """A copy of an EXPLAIN (FORMAT JSON) plan without the literals of its conditions."""
+    """A copy of an EXPLAIN (FORMAT JSON) plan with the literals of every string replaced,
+    but for the names in NAME_KEYS."""
 
-    def walk(value: Any, condition: bool) -> Any:
+    def walk(value: Any, name: bool) -> Any:
         if isinstance(value, str):
-            return redact_text(value) if condition or "'" in value else value
+            return value if name else redact_text(value)
         if isinstance(value, list):
-            return [walk(item, condition) for item in value]
+            return [walk(item, name) for item in value]
         if isinstance(value, dict):
-            return {key: walk(item, key in CONDITION_KEYS) for key, item in value.items()}
+            return {key: walk(item, key in NAME_KEYS) for key, item in value.items()}
         return value
 
     return walk(plan, False)
@@ -123,7 +136,8 @@ def build_messages(request: dict, redact: bool) -> list[dict]:
             lines.append(f"EXPLAIN plan on {label!r}: {shown}")
         else:
             error = str(side.get("plan_error") or "no plan")
-            lines.append(f"No plan on {label!r}: {redact_text(error) if redact else error}")
+            # An error message may quote a value in any form: not sent when redacting.
+            lines.append(f"No plan on {label!r}: {'(error not shown)' if redact else error}")
         lines.append("")
     findings = request.get("heuristics") or []
     lines.append("Heuristic findings:" if findings else "Heuristic findings: none.")

@@ -91,6 +91,7 @@ class FingerprintLatency:
     __slots__ = (
         "executions",
         "fingerprint",
+        "last_event",
         "last_slow",
         "regressed",
         "statement",
@@ -108,6 +109,7 @@ class FingerprintLatency:
         self.last_slow: float | None = None  # when the last slow_query event was written
         self.suppressed = 0  # slow executions since then that wrote no event
         self.regressed = False  # the p50 ratio is past the threshold (event written)
+        self.last_event: dict | None = None  # id, plan summaries, insights of the last one
 
     def p50_ratio(self) -> float | None:
         truth, target = self.truth.quantile(0.5), self.target.quantile(0.5)

@@ -127,7 +127,11 @@ class SlowQueryReporter:
         for provider in self.providers:
             if provider.name == "heuristics":
                 continue  # already in the event itself
-            asked = provider.insight(request)
+            try:
+                asked = provider.insight(request)
+            except Exception:  # a provider's bug must not cost the event its insights
+                log.failure("insight provider {name} failed", name=provider.name)
+                continue
             asked.addCallback(self._insight, event, provider.name)
             asked.addErrback(lambda f: log.failure("insight provider failed", f))
             self.pending.add(asked)
@@ -172,6 +176,9 @@ class SlowQueryReporter:
         self.emit(event)
         return event
 
-    def flush(self) -> defer.Deferred:
-        """Wait for the events still being prepared (at shutdown: nothing is lost)."""
-        return defer.DeferredList(list(self.pending), consumeErrors=True)
+    @defer.inlineCallbacks
+    def flush(self):  # type: ignore[no-untyped-def]
+        """Wait for the events still being prepared, and for the insights they ask for
+        meanwhile (at shutdown: nothing is lost). Each is bounded by its own time-out."""
+        while self.pending:
+            yield defer.DeferredList(list(self.pending), consumeErrors=True)

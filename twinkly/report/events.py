@@ -34,6 +34,16 @@ KINDS = (
 )
 # Kinds that are expected and not a problem with the target: shown after everything else.
 BENIGN_KINDS = frozenset({"nondeterministic", "noise"})
+# Kinds that say the two databases answered differently.
+MISMATCH_KINDS = frozenset(
+    (
+        "result_mismatch",
+        "column_mismatch",
+        "tag_mismatch",
+        "error_divergence",
+        "transaction_divergence",
+    )
+)
 # Kinds about speed, not about answers.
 PERFORMANCE_KINDS = frozenset({"slow_query", "fingerprint_regression", "insight"})
 
