@@ -7,40 +7,24 @@ from twisted.trial.unittest import SynchronousTestCase
 from twinkly.perf import fingerprints as fp
 
 
-class CacheKeyTests(SynchronousTestCase):
-    def test_literals_are_blanked(self) -> None:
-        self.assertEqual(
-            fp.cache_key("select * from t2 where a = 'it''s' and b = -1.5e3 limit 10"),
-            "select * from t2 where a = ? and b = -? limit ?",
-        )
-
-    def test_digits_in_names_are_kept(self) -> None:
-        self.assertEqual(fp.cache_key("select c1 from t_2, s3.t4"), "select c1 from t_2, s3.t4")
-
-    def test_texts_where_blanking_could_merge_shapes_are_kept_whole(self) -> None:
-        for sql in (
-            'select "col 7" from t',  # a quoted identifier holding digits
-            "select $1::int",  # parameters and dollar quotes
-            "select 1 -- 2",  # comments
-            "select E'a\\'b'",  # escape strings
-            "select B'101'",
-        ):
-            self.assertEqual(fp.cache_key(sql), sql)
-
-
 class FingerprintTests(SynchronousTestCase):
     def setUp(self) -> None:
         fp._cache.clear()
 
-    def test_literal_variants_share_one_parse(self) -> None:
+    def test_literal_variants_share_a_fingerprint(self) -> None:
         first = fp.fingerprints("SELECT v FROM t WHERE id = 1")
-        self.assertEqual(len(fp._cache), 1)
-        self.assertEqual(fp.fingerprints("SELECT v FROM t WHERE id = 22"), first)
-        self.assertEqual(len(fp._cache), 1)
-        # And it is pglast's own fingerprint of the text.
+        self.assertEqual(fp.fingerprints("SELECT v FROM t WHERE id = 22;"), first)
         from pglast import parser
 
         self.assertEqual(first, (parser.fingerprint("SELECT v FROM t WHERE id = 987"),))
+
+    def test_a_repeated_text_is_parsed_once(self) -> None:
+        fp.fingerprints("select $1")
+        self.patch(fp, "_parse", lambda sql: self.fail("parsed again"))
+        self.assertEqual(len(fp.fingerprints("select $1")), 1)
+
+    def test_a_semicolon_inside_a_string_is_one_statement(self) -> None:
+        self.assertEqual(len(fp.fingerprints("select 'a;b'")), 1)
 
     def test_different_shapes_differ(self) -> None:
         self.assertNotEqual(

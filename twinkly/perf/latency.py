@@ -45,8 +45,10 @@ class LatencyHistogram:
         self.max = 0.0
 
     def record(self, seconds: float) -> None:
-        micros = seconds / _MICROSECOND
-        index = int(math.log(micros) * _SCALE) if micros > 1.0 else 0
+        self.add(bucket_of(seconds), seconds)
+
+    def add(self, index: int, seconds: float) -> None:
+        """Record a timing whose bucket is already known (see bucket_of)."""
         buckets = self.buckets
         buckets[index] = buckets.get(index, 0) + 1
         self.count += 1
@@ -79,6 +81,11 @@ class LatencyHistogram:
             "max_ms": _ms(self.max if self.count else None),
             "mean_ms": _ms(self.total / self.count if self.count else None),
         }
+
+
+def bucket_of(seconds: float) -> int:
+    micros = seconds / _MICROSECOND
+    return int(math.log(micros) * _SCALE) if micros > 1.0 else 0
 
 
 def _ms(seconds: float | None) -> float | None:
@@ -164,10 +171,11 @@ class LatencyBook:
                 self.evicted += 1
         else:
             entries.move_to_end(fingerprint)
-        entry.truth.record(truth)
-        entry.target.record(target)
-        self.truth_all.record(truth)
-        self.target_all.record(target)
+        truth_bucket, target_bucket = bucket_of(truth), bucket_of(target)
+        entry.truth.add(truth_bucket, truth)
+        entry.target.add(target_bucket, target)
+        self.truth_all.add(truth_bucket, truth)
+        self.target_all.add(target_bucket, target)
         entry.executions += 1
         settings = self.settings
         if not settings.enabled:
