@@ -17,7 +17,7 @@ from pathlib import Path
 from twinkly.sandbox import Sandbox, Server
 
 
-def demo_config(truth: Server, target: Server, listen_port: int) -> str:
+def demo_config(truth: Server, target: Server, listen_port: int, http_port: int) -> str:
     def backend(server: Server) -> str:
         return (
             f'{{ label = "{server.label}", host = "{server.host}", port = {server.port},'
@@ -26,8 +26,10 @@ def demo_config(truth: Server, target: Server, listen_port: int) -> str:
 
     return (
         f"proxy {{\n  listen-address = 127.0.0.1\n  listen-port = {listen_port}\n"
-        f"  postgresql = {backend(truth)}\n  yugabytedb = {backend(target)}\n}}\n"
+        f"  postgresql = {backend(truth)}\n  yugabytedb = {backend(target)}\n"
+        '  admin { users = ["twinkly"] }\n}\n'
         "comparison { enabled = true, source-of-truth = postgresql }\n"
+        f"monitoring.http {{ enabled = true, port = {http_port} }}\n"
     )
 
 
@@ -46,16 +48,19 @@ def main() -> int:
     signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
     listen_port = int(os.environ.get("TWINKLY_PORT", "5431"))
+    http_port = int(os.environ.get("TWINKLY_HTTP_PORT", "9187"))
     with Sandbox() as sandbox:
         truth, target = sandbox.start()
         workdir = Path(tempfile.mkdtemp(prefix="twinkly-demo-"))
         config_path = workdir / "twinkly.conf"
-        config_path.write_text(demo_config(truth, target, listen_port))
+        config_path.write_text(demo_config(truth, target, listen_port, http_port))
         print(
             f"\nTwinkly: source of truth PostgreSQL {truth.major} on port {truth.port},"
             f" target PostgreSQL {target.major} on port {target.port}.\n"
             f"Connect with:\n\n  PGPASSWORD=twinkly-pw psql -h 127.0.0.1 -p {listen_port}"
-            " -U twinkly app\n\nCtrl-C stops Twinkly and both servers.\n",
+            f" -U twinkly app\n\nDashboard: http://127.0.0.1:{http_port}/"
+            f"   Admin console: psql -h 127.0.0.1 -p {listen_port} -U twinkly twinkly\n"
+            "\nCtrl-C stops Twinkly and both servers.\n",
             flush=True,
         )
         proxy = subprocess.Popen(twistd_command(config_path), cwd=workdir)

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import psycopg
@@ -17,9 +18,13 @@ pytestmark = pytest.mark.backends
 
 
 def test_demo_runs_and_stops_cleanly(tmp_path: Path) -> None:
-    port = free_port()
+    port, http_port = free_port(), free_port()
     env = dict(
-        os.environ, TWINKLY_PORT=str(port), TWINKLY_PG15_PORT="58015", TWINKLY_PG18_PORT="58018"
+        os.environ,
+        TWINKLY_PORT=str(port),
+        TWINKLY_HTTP_PORT=str(http_port),
+        TWINKLY_PG15_PORT="58015",
+        TWINKLY_PG18_PORT="58018",
     )
     log = open(tmp_path / "demo.log", "wb")  # noqa: SIM115 - closed below
     demo = subprocess.Popen(
@@ -44,6 +49,9 @@ def test_demo_runs_and_stops_cleanly(tmp_path: Path) -> None:
                 time.sleep(0.5)
         output = (tmp_path / "demo.log").read_text()
         assert f"psql -h 127.0.0.1 -p {port} -U twinkly app" in output
+        assert f"Dashboard: http://127.0.0.1:{http_port}/" in output
+        with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/healthz", timeout=10) as r:
+            assert r.read() == b"ok"
         sandbox = next(line for line in output.splitlines() if "source of truth PostgreSQL" in line)
         assert "PostgreSQL 15" in sandbox and "PostgreSQL 18" in sandbox
         demo.send_signal(signal.SIGINT)
