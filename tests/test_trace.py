@@ -393,3 +393,25 @@ class TraceTests(SynchronousTestCase):
         feed(encode(f.Sync()))  # must not raise
         feed(encode(f.Sync()))
         self.assertEqual(self.lines(trace), [])
+
+
+class StartupRecordingTests(SynchronousTestCase):
+    def test_kept_in_order_until_taken(self) -> None:
+        from twinkly.recording import StartupRecording
+
+        recording = StartupRecording()
+        recording.add(">", b"a")
+        recording.add("<", b"b")
+        self.assertEqual(recording.take(), [(">", b"a"), ("<", b"b")])
+        recording.add(">", b"c")  # the session's own traffic is not kept
+        self.assertEqual(recording.take(), [])
+
+    def test_bounded(self) -> None:
+        from twinkly import recording as r
+
+        recording = r.StartupRecording()
+        recording.add(">", b"x" * (r.LIMIT - 1))
+        recording.add(">", b"yy")
+        recording.add(">", b"z")
+        self.assertTrue(recording.truncated)
+        self.assertEqual([len(d) for _, d in recording.take()], [r.LIMIT - 1])

@@ -17,6 +17,7 @@ from twisted.python.failure import Failure
 
 from twinkly.auth import AuthenticationFailed, BackendAuthenticator
 from twinkly.config import BackendConfig
+from twinkly.recording import StartupRecording
 from twinkly.wire.backend import (
     Authentication,
     BackendKeyData,
@@ -94,6 +95,7 @@ class BackendProtocol(Protocol):
         self._awaiting_ssl = False
         self._timeout = None
         self._query: tuple[list, BackendError | None, defer.Deferred] | None = None
+        self.recording = StartupRecording()  # for a protocol trace of the session
 
     # --- connection lifecycle ------------------------------------------------------
 
@@ -102,12 +104,16 @@ class BackendProtocol(Protocol):
         self._timeout = self.clock.callLater(self.config.connect_timeout, self._start_timed_out)
         if self.config.tls != "disable":
             self._awaiting_ssl = True
-            self.transport.write(SSLRequest().encode())
+            self._write(SSLRequest().encode())
         else:
             self._send_startup()
 
     def _send_startup(self) -> None:
-        self.transport.write(StartupMessage(self.parameters).encode())
+        self._write(StartupMessage(self.parameters).encode())
+
+    def _write(self, data: bytes) -> None:
+        self.recording.add(">", data)
+        self.transport.write(data)
 
     def _start_timed_out(self) -> None:
         self._timeout = None
@@ -167,6 +173,7 @@ class BackendProtocol(Protocol):
         if on_data is not None:
             on_data(data)
             return
+        self.recording.add("<", data)
         if self._query is not None:
             self._query_data(data)
             return
@@ -208,7 +215,7 @@ class BackendProtocol(Protocol):
         with the first error."""
         assert self.on_data is None and self._query is None
         self._query = ([], None, defer.Deferred())
-        self.transport.write(data)
+        self._write(data)
         for type_byte, payload in self.leftover:
             self._query_message(type_byte, payload)
         self.leftover = []
@@ -278,7 +285,7 @@ class BackendProtocol(Protocol):
         if type_byte == ord("R"):
             reply = self._auth.respond(Authentication.read(Reader(payload)))
             if reply:
-                self.transport.write(reply)
+                self._write(reply)
         elif type_byte == ord("S"):
             message = decode_backend(type_byte, payload)
             self.server_parameters[message.name] = message.value  # type: ignore[attr-defined]

@@ -28,6 +28,7 @@ from twinkly.enforce import Enforcer
 from twinkly.ops.admin import AdminConsole, admin_greeting
 from twinkly.ops.trace import ProtocolTrace, attach_trace
 from twinkly.pairing import IPairObserver, PairCounter
+from twinkly.recording import StartupRecording
 from twinkly.session import Session, session_counters
 from twinkly.settings import align_settings
 from twinkly.statements import ClientContexts
@@ -64,6 +65,8 @@ class ClientProtocol(Protocol):
         self._authenticator: ClientAuthenticator | None = None
         self._early: list[bytes] = []
         self._backends: list[BackendProtocol] = []
+        # The start-up, both ways, for a protocol trace (only when tracing is on).
+        self.recording = StartupRecording() if factory.trace is not None else None
 
     def connectionMade(self) -> None:
         self.transport.setTcpNoDelay(True)
@@ -77,8 +80,16 @@ class ClientProtocol(Protocol):
         for backend in self._backends:
             backend.terminate()
 
+    def _reply(self, data: bytes) -> None:
+        """Write during start-up (recorded for a trace)."""
+        if self.recording is not None:
+            self.recording.add("<", data)
+        self.transport.write(data)
+
     def dataReceived(self, data: bytes) -> None:
         session = self.session
+        if session is None and self.recording is not None:
+            self.recording.add(">", data)
         try:
             if session is not None:
                 session.client_data(data)
@@ -101,7 +112,7 @@ class ClientProtocol(Protocol):
             "closing client connection: {sqlstate} {message}", sqlstate=sqlstate, message=message
         )
         if self._state != "closed":
-            self.transport.write(fatal(sqlstate, message))
+            self._reply(fatal(sqlstate, message))
         self._state = "closed"
         if self.session is not None:
             self.session.close()
@@ -119,13 +130,13 @@ class ClientProtocol(Protocol):
                 raise ProtocolViolation("unexpected SSLRequest")
             options = self.factory.tls_options
             if options is None:
-                self.transport.write(b"N")
+                self._reply(b"N")
             else:
-                self.transport.write(b"S")
+                self._reply(b"S")
                 self.transport.startTLS(options)
                 self._tls_started = True
         elif isinstance(packet, GSSENCRequest):
-            self.transport.write(b"N")
+            self._reply(b"N")
         elif isinstance(packet, CancelRequest):
             self.factory.cancel(packet.process_id, packet.secret_key)
             self._state = "closed"
@@ -140,13 +151,13 @@ class ClientProtocol(Protocol):
         self.startup = startup
         unsupported = tuple(k for k in startup.parameters if k.startswith("_pq_."))
         if startup.minor > 0 or unsupported:
-            self.transport.write(encode(NegotiateProtocolVersion(0, unsupported)))
+            self._reply(encode(NegotiateProtocolVersion(0, unsupported)))
         user = startup.parameters["user"]
         self._authenticator = ClientAuthenticator(self.factory.config.proxy.auth, user)
         self._state = "auth"
         reply, done = self._authenticator.start()
         if reply:
-            self.transport.write(reply)
+            self._reply(reply)
         if done:
             self._authenticated()
 
@@ -161,7 +172,7 @@ class ClientProtocol(Protocol):
                 )
             reply, done = self._authenticator.receive(PasswordMessage(payload))
             if reply:
-                self.transport.write(reply)
+                self._reply(reply)
             if done:
                 self._authenticated()
 
@@ -172,7 +183,7 @@ class ClientProtocol(Protocol):
             self._start_admin()
             return
         self._state = "connecting"
-        self.transport.write(authentication_ok())
+        self._reply(authentication_ok())
         self.transport.pauseProducing()
         opening = self.factory.open_backends(self.startup.parameters, self._backends)
         opening.addCallbacks(self._backends_ready, self._backends_failed)
@@ -187,7 +198,7 @@ class ClientProtocol(Protocol):
             return
         self._admin = AdminConsole(self.factory.status)
         self._state = "admin"
-        self.transport.write(authentication_ok() + admin_greeting())
+        self._reply(authentication_ok() + admin_greeting())
 
     def _admin_data(self, data: bytes) -> None:
         for type_byte, payload in self._framer.feed(data):
@@ -226,19 +237,21 @@ class ClientProtocol(Protocol):
         assert self.startup is not None
         session.client_parameters = self.startup.parameters
         key = self.factory.register(session)
-        self.transport.write(
+        self._reply(
             b"".join(truth.startup_bytes)
             + encode(key)
             + b"Z\x00\x00\x00\x05"
             + truth.status.encode()
         )
         session.start()
+        started = {"truth": truth.recording.take(), "target": target.recording.take()}
         trace = self.factory.trace
-        if trace is not None and session.process_id is not None:
+        if trace is not None and session.process_id is not None and self.recording:
+            started["client"] = self.recording.take()
             application = self.startup.parameters.get("application_name", "")
             pattern = self.factory.trace_application
             if trace.wants(session.process_id) and (pattern is None or pattern.search(application)):
-                attach_trace(session, trace, session.process_id)
+                attach_trace(session, trace, session.process_id, started)
         self._state = "session"
         self.transport.resumeProducing()
         early, self._early = b"".join(self._early), []

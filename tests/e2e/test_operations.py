@@ -268,6 +268,10 @@ def test_protocol_trace_of_the_selected_sessions(operated) -> None:
     assert "traced-marker" in text and "untraced-marker" not in text
     for leg in ("client>", "client<", "truth>", "truth<", "target>", "target<"):
         assert f" {leg} " in text, leg
+    # The start-up too, recorded before the session had an id; no secret in it.
+    for leg in ("client", "truth", "target"):
+        assert f" {leg}> StartupMessage" in text, leg
+    assert "twinkly-pw" not in text
 
 
 def test_progress_line(operated) -> None:

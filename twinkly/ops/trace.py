@@ -321,9 +321,25 @@ class _Leg:
         return ""
 
 
-def attach_trace(session: Any, trace: ProtocolTrace, session_id: int) -> None:
+def attach_trace(
+    session: Any,
+    trace: ProtocolTrace,
+    session_id: int,
+    started: dict[str, list[tuple[str, bytes]]] | None = None,
+) -> None:
     """Trace a started session's three legs, both ways, by wrapping the session's
-    readers and writers; sessions that are not traced keep their plain hot path."""
+    readers and writers; sessions that are not traced keep their plain hot path.
+    ``started`` holds each leg's start-up bytes (``"client"``, ``"truth"``,
+    ``"target"``: recorded before the session had an id), traced first; their lines
+    carry the time they were traced, not the time they crossed the wire."""
+    legs = {
+        (name, direction): trace.leg(session_id, name, direction, startup=direction == ">")
+        for name in ("client", "truth", "target")
+        for direction in (">", "<")
+    }
+    for name, chunks in (started or {}).items():
+        for direction, data in chunks:
+            legs[(name, direction)](data)
 
     def tee(leg: Callable[[bytes], None], then: Callable[[bytes], Any]) -> Callable:
         def traced(data: bytes) -> Any:
@@ -332,10 +348,10 @@ def attach_trace(session: Any, trace: ProtocolTrace, session_id: int) -> None:
 
         return traced
 
-    session.client_data = tee(trace.leg(session_id, "client", ">"), session.client_data)
-    session._to_client = tee(trace.leg(session_id, "client", "<"), session._to_client)
-    session._to_truth = tee(trace.leg(session_id, "truth", ">"), session._to_truth)
-    session._to_target = tee(trace.leg(session_id, "target", ">"), session._to_target)
-    session.truth.on_data = tee(trace.leg(session_id, "truth", "<"), session.truth.on_data)
+    session.client_data = tee(legs[("client", ">")], session.client_data)
+    session._to_client = tee(legs[("client", "<")], session._to_client)
+    session._to_truth = tee(legs[("truth", ">")], session._to_truth)
+    session._to_target = tee(legs[("target", ">")], session._to_target)
+    session.truth.on_data = tee(legs[("truth", "<")], session.truth.on_data)
     if session.target is not None:
-        session.target.on_data = tee(trace.leg(session_id, "target", "<"), session.target.on_data)
+        session.target.on_data = tee(legs[("target", "<")], session.target.on_data)
