@@ -21,7 +21,7 @@ ROWS = 1_000_000
 SLOW = """
 comparison {
   slow-query-ratio = 4
-  slow-query-min-ms = 15
+  slow-query-min-ms = 30
   slow-query-interval = 0
 }
 """
