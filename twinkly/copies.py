@@ -95,7 +95,7 @@ class CopyAlignment:
         for chunk in held or ():
             self.session._to_target(chunk)
         if held:
-            self.session.target_tracker.sent(self.session._now())
+            self.session.target_tracker.sent(self.session._tick())
         self.session.gate.resume("copy-hold")
 
     def fail_target_copy(self) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import time
 from collections import Counter
 from collections.abc import Callable
 
@@ -357,6 +358,7 @@ class ProxyFactory(Factory):
             observer,
             self.reactor,  # type: ignore[arg-type]
             on_close=self.unregister,
+            timer=time.monotonic,
         )
         session.router = self.router
         if monitor is not None:

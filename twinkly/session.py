@@ -67,6 +67,7 @@ class Session:
         observer: IPairObserver,
         clock: IReactorTime,
         on_close: object = None,
+        timer: Callable[[], float] | None = None,
     ) -> None:
         self.client = client_transport
         self.truth = truth
@@ -74,14 +75,17 @@ class Session:
         self.config = config
         self.clock = clock
         self._on_close = on_close
-        self._now = clock.seconds
+        self._now = clock.seconds  # wall time, for events
+        # Statement timings: the factory gives a monotonic clock, so that a step of the
+        # wall clock cannot make a statement look slow (tests use the reactor's).
+        self._tick = timer or clock.seconds
         flow = config.proxy.flow
         self._max_lag = config.comparison.max_target_lag
         self._max_lag_bytes = config.comparison.max_target_lag_bytes
         self._max_ahead = flow.max_target_ahead
         self.pairer = Pairer(observer, flow.max_held_results)
-        self.truth_tracker = ResponseTracker(self.pairer.add_truth, self._now)
-        self.target_tracker = ResponseTracker(self.pairer.add_target, self._now)
+        self.truth_tracker = ResponseTracker(self.pairer.add_truth, self._tick)
+        self.target_tracker = ResponseTracker(self.pairer.add_target, self._tick)
         self.copies = CopyAlignment(self)
         self.target_tracker.on_copy_in = self.copies.check_target_copy
         self._client_framer = MessageFramer(config.proxy.max_message_bytes)
@@ -184,7 +188,7 @@ class Session:
         copy_from = False
         hold_seq = 0
         if messages:
-            now = self._now()
+            now = self._tick()
             truth_expect = self.truth_tracker.expect
             target_expect = self.target_tracker.expect
             seq = self._seq
@@ -263,7 +267,7 @@ class Session:
         """Run a statement of Twinkly's own on both backends; the client never sees its
         answer. Returns the sequence number its results carry."""
         self._seq += 1
-        now = self._now()
+        now = self._tick()
         query = encode(Query(sql))
         for backend, tracker in (
             (self.truth, self.truth_tracker),
@@ -349,7 +353,7 @@ class Session:
         self._seq += 1
         context = (sql, None, ()) if self.contexts is not None else None
         if backend == self.truth.config.name:
-            self.truth_tracker.expect("Q", self._now(), self._seq, context)
+            self.truth_tracker.expect("Q", self._tick(), self._seq, context)
             self._to_truth(data)
             return True
         if self.target is None or self.truth_tracker.owed or self.target_tracker.owed:
@@ -360,7 +364,7 @@ class Session:
                 sql=sql[:200],
             )
             return False
-        self.target_tracker.expect("Q", self._now(), self._seq, context)
+        self.target_tracker.expect("Q", self._tick(), self._seq, context)
         self._target_answers = True
         self.gate.pause("routed")
         self._to_target(data)
