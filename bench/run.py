@@ -72,7 +72,8 @@ def free_port() -> int:
 class Twinkly:
     """Twinkly as a real ``twistd`` subprocess, configured exactly as a user would."""
 
-    def __init__(self, workdir: Path, pg15: Server, pg18: Server) -> None:
+    def __init__(self, workdir: Path, pg15: Server, pg18: Server, extra: str = "") -> None:
+        workdir.mkdir(exist_ok=True)
         self.port, self.log_path = free_port(), workdir / "twistd.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.rss_at_start: float | None = None
@@ -87,7 +88,7 @@ class Twinkly:
         config.write_text(
             f"proxy {{\n  listen-address = {q(HOST)}\n  listen-port = {self.port}\n"
             f"  shutdown-timeout = 2\n  auth {{ method = trust }}\n{sections}}}\n"
-            'comparison { enabled = true, source-of-truth = "postgresql" }\n'
+            'comparison { enabled = true, source-of-truth = "postgresql" }\n' + extra
         )
         twistd = Path(sys.executable).parent / "twistd"
         self.cmd = [str(twistd), "-n", "--pidfile=", "twinkly", "--config", str(config)]
@@ -191,7 +192,7 @@ def rotated(items: tuple[str, ...], shift: int) -> list[str]:
 def measure(args: argparse.Namespace, ports: dict[str, int], twinkly: Twinkly) -> dict[str, Any]:
     """All measurements; returns the JSON-able results."""
     log("warm-up: a short simple run on every target (also checks that each one works)")
-    for target in TARGETS:
+    for target in ports:
         warm = pgbench_run(ports[target], "simple", args, min(2, args.duration))
         if warm["error"]:
             raise RuntimeError(f"warm-up on {target} failed: {warm['error']}")
@@ -342,6 +343,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--pg18-port", type=int, help="use this running target server (no sandbox)")
     p.add_argument("--json", type=Path, help="also write the results to this JSON file")
     p.add_argument(
+        "--untimed",
+        action="store_true",
+        help="also run a Twinkly with comparison.report-slow-queries = false (what timing costs)",
+    )
+    p.add_argument(
         "--profile", nargs="?", const="twinkly-flamegraph.svg", metavar="SVG",
         help="extra simple run under py-spy, flamegraph to SVG (default twinkly-flamegraph.svg)",
     )  # fmt: skip
@@ -381,12 +387,23 @@ def main(argv: list[str] | None = None) -> int:
         cleanups.append(("twinkly", twinkly.stop))
         twinkly.start()
         log(f"Twinkly (pid {twinkly.proc.pid if twinkly.proc else '?'}) on port {twinkly.port}")
+        if args.untimed:  # the same, comparing but not timing: what timing costs
+            untimed = Twinkly(
+                workdir / "untimed", pg15, pg18, "comparison.report-slow-queries = false\n"
+            )
+            cleanups.append(("untimed", untimed.stop))
+            untimed.start()
+            for mode in MODES:
+                MODES[mode] = (*MODES[mode], "untimed")
+            log(f"Twinkly without timing on port {untimed.port}")
         bouncer_port, pidfile = free_port(), workdir / "pgbouncer" / "pgbouncer.pid"
         cleanups.append(("pgbouncer", lambda: kill_pidfile(pidfile)))  # if interrupted early
         bouncer = run_pgbouncer(pg15, bouncer_port, pidfile.parent)
         cleanups[-1] = ("pgbouncer", lambda: stop_pgbouncer(bouncer))
         log(f"pgbouncer (pid {bouncer.pid}) on port {bouncer_port}")
         ports = {"direct": pg15.port, "pgbouncer": bouncer_port, "twinkly": twinkly.port}
+        if args.untimed:
+            ports["untimed"] = untimed.port
         results = measure(args, ports, twinkly)
         elapsed = time.monotonic() - started
         settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}

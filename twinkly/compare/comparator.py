@@ -102,6 +102,7 @@ class Comparator:
         self._judge(truth, target)
         if (
             truth.request in _TIMED
+            and (settings.slow.enabled or settings.fail_on_slow_queries)
             and truth.error is None
             and target.error is None
             and truth.timed
