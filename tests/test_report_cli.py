@@ -232,3 +232,45 @@ class SinkToReportTests(SynchronousTestCase):
         s = json.loads(out.getvalue())
         self.assertEqual((s["events"], s["malformed_lines"]), (3, 0))
         self.assertEqual(s["groups"][0]["example"]["parameters"], ["\\x01"])
+
+
+class SlowQueryReportTests(SynchronousTestCase):
+    def test_slow_query_shows_both_plans_the_causes_and_the_later_insight(self) -> None:
+        path = Path(self.mktemp())
+        slow = make_event(
+            "slow_query",
+            now=1_700_000_000,
+            session=1,
+            statement="select count(*) from orders where customer_id = 42",
+            fingerprint="fs",
+            truth={"label": "pg15", "elapsed_ms": 1.0},
+            target={"label": "pg18", "elapsed_ms": 90.0},
+            reason="pg18 took 90.0 ms, pg15 1.0 ms",
+            plan_summary={"truth": "Index Scan using i on orders", "target": "Seq Scan on orders"},
+            insights=[{"kind": "missing_index", "message": "no index on orders(customer_id)?"}],
+        )
+        insight = make_event(
+            "insight",
+            now=1_700_000_001,
+            session=1,
+            statement=None,
+            fingerprint="fs",
+            truth=None,
+            target=None,
+            event=slow["id"],
+            provider="llm",
+            answer={"provider": "llm", "text": "Create the index."},
+        )
+        path.write_bytes(encode_event(slow) + encode_event(insight))
+        out = io.StringIO()
+        self.assertEqual(entry.main(["report", str(path)], stdout=out, stderr=io.StringIO()), 0)
+        text = out.getvalue()
+        self.assertIn("example " + slow["id"] + " (slow_query)", text)  # never the insight
+        self.assertIn("truth plan: Index Scan using i on orders", text)
+        self.assertIn("target plan: Seq Scan on orders", text)
+        self.assertIn("likely cause: no index on orders(customer_id)?", text)
+        self.assertIn("insight (llm) Create the index.", text)
+        summary = io.StringIO()
+        entry.main(["report", str(path), "--json"], stdout=summary, stderr=io.StringIO())
+        (group,) = json.loads(summary.getvalue())["groups"]
+        self.assertEqual(group["problems"], 1)  # the insight explains, it is no problem

@@ -28,6 +28,7 @@ MAX_DIFFERENCES = 5
 SIDES = ("truth", "target")
 SIDE_FIELDS = ("label", "rows", "digest", "tag", "sqlstate", "message", "elapsed_ms")
 EXAMPLE_FIELDS = ("id", "time", "kind", "session", "in_transaction", "caused_by", "reason")
+SLOW_FIELDS = ("plan_summary", "insights")  # slow_query: both plans in a line, the causes
 CLIP_JSON = 2000  # characters of JSON kept per value of an example (statement: CLIP_STATEMENT)
 CLIP_STATEMENT = 10_000
 TEXT_CELL = 48  # characters per cell in the side-by-side differences
@@ -110,7 +111,7 @@ def parse_time(text: str) -> datetime.datetime:
 class Group:
     """What is kept per fingerprint: counts, first/last time, one example."""
 
-    __slots__ = ("example", "example_benign", "fingerprint", "first", "kinds", "last")
+    __slots__ = ("example", "example_benign", "fingerprint", "first", "insight", "kinds", "last")
 
     def __init__(self, fingerprint: str) -> None:
         self.fingerprint = fingerprint
@@ -119,6 +120,7 @@ class Group:
         self.last: datetime.datetime | None = None
         self.example: dict[str, Any] | None = None
         self.example_benign = True
+        self.insight: str | None = None  # the latest insight event's answer
 
     def add(self, event: dict[str, Any], kind: str, moment: datetime.datetime | None) -> None:
         self.kinds[kind] += 1
@@ -129,7 +131,11 @@ class Group:
                 self.last = moment
         # The example is the first event, replaced once by the first real problem if the
         # group started with noise: the reader wants to see what actually went wrong.
-        benign = kind in BENIGN_KINDS
+        if kind == "insight":
+            answer = event.get("answer")
+            text = answer.get("text") if isinstance(answer, dict) else None
+            self.insight = _clip(f"({event.get('provider')}) {text}") if text else self.insight
+        benign = kind in NOT_PROBLEMS
         if self.example is None or (self.example_benign and not benign):
             self.example = trim_example(event)
             self.example_benign = benign
@@ -219,6 +225,7 @@ class Summary:
                     "first": _iso(g.first),
                     "last": _iso(g.last),
                     "example": g.example,
+                    "insight": g.insight,
                 }
                 for g in shown
             ],
@@ -249,6 +256,9 @@ def trim_example(event: dict[str, Any]) -> dict[str, Any]:
         statement = statement[:CLIP_STATEMENT] + "..."
     example["statement"] = statement
     example["parameters"] = _clip(event.get("parameters"))
+    for key in SLOW_FIELDS:
+        if key in event:
+            example[key] = _clip(event[key])
     differences = event.get("differences")
     if isinstance(differences, list):
         example["differences"] = [_clip(d) for d in differences[:MAX_DIFFERENCES]]
@@ -358,6 +368,19 @@ def _render_group(number: int, group: dict[str, Any]) -> list[str]:
     for side in SIDES:
         if example.get(side):
             lines.append(f"    {side:<6} {_describe_side(example[side])}")
+    plans = example.get("plan_summary")
+    if isinstance(plans, dict):
+        for side in SIDES:
+            lines.append(f"    {side} plan: {plans.get(side) or 'not taken'}")
+    insights = example.get("insights")
+    if isinstance(insights, list):
+        lines.extend(
+            f"    likely cause: {item.get('message')}"
+            for item in insights[:3]
+            if isinstance(item, dict)
+        )
+    if group.get("insight"):
+        lines.append(f"    insight {group['insight']}")
     return lines
 
 
