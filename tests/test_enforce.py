@@ -107,3 +107,102 @@ class EnforcerTests(SynchronousTestCase):
             self.assertEqual(client_frames(backend.transport.value()), [f.Query("COMMIT")])
             backend.dataReceived(done("COMMIT", "I"))
         self.assertEqual(self.transport.value(), done("INSERT 0 1", "I"))
+
+
+class SlowEnforcerTests(SynchronousTestCase):
+    """comparison.fail-on-slow-queries: TW003 once the plans are in, or at a deadline."""
+
+    def setUp(self) -> None:
+        from twinkly.perf.latency import SlowQuerySettings
+        from twinkly.perf.slow import SlowQueryReporter
+
+        self.config = loads(CONFIG)
+        self.sink = MemorySink()
+        slow = SlowQuerySettings(ratio=4.0, min_seconds=0.010, min_samples=1000, interval=60.0)
+        settings = ComparisonSettings(slow=slow, fail_on_slow_queries=True)
+        self.reactor = MemoryReactorClock()
+        monitor = Monitor(settings, self.sink, ("truthdb", "targetdb"), clock=self.reactor.seconds)
+        self.plans: list = []  # (label, Deferred) of each plan asked for
+
+        class Explainer:
+            def explain(inner, config, parameters, request):
+                from twisted.internet.defer import Deferred
+
+                self.plans.append((config.label, Deferred()))
+                return self.plans[-1][1]
+
+        monitor.slow = SlowQueryReporter(monitor.emit, self.reactor.seconds, Explainer())
+        self.factory = ProxyFactory(self.config, self.reactor, monitor=monitor)
+        self.factory.timer = self.reactor.seconds
+        self.client = self.factory.buildProtocol(None)
+        self.transport = TCPStringTransport()
+        self.client.makeConnection(self.transport)
+        self.client.dataReceived(f.StartupMessage({"user": "alice"}).encode())
+        self.truth = ready_backend(self.config.truth)
+        self.target = ready_backend(self.config.target)
+        self.client._backends_ready((self.truth, self.target))
+        self.truth.dataReceived(answer(b"1", tag="SHOW"))
+        self.target.dataReceived(done("SET", "I"))
+        self.transport.clear()
+
+    def slow_select(self, sql: str = "select v from t where id = 1") -> None:
+        """The truth answers in 1 ms, the target in 100 ms."""
+        self.client.dataReceived(f.encode(f.Query(sql)))
+        self.reactor.advance(0.001)
+        self.truth.dataReceived(answer(b"a"))
+        self.reactor.advance(0.099)
+        self.target.dataReceived(answer(b"a"))
+
+    def test_tw003_waits_for_the_plans_and_shows_them(self) -> None:
+        from twinkly.perf.explain import ExplainResult
+
+        self.slow_select()
+        self.assertEqual(self.transport.value(), b"", "held until both plans are in")
+        (_, truth_plan), (_, target_plan) = self.plans
+        truth_plan.callback(ExplainResult([{"Plan": {"Node Type": "Index Scan"}}]))
+        target_plan.callback(ExplainResult(error="canceling statement due to statement timeout"))
+        error, ready = frames(self.transport.value())
+        self.assertEqual(error.sqlstate, "TW003")
+        self.assertIn("targetdb is 100.0x slower than truthdb", error.message)
+        self.assertIn("truthdb plan: Index Scan", error.fields["D"])
+        self.assertIn("targetdb plan: no plan (canceling statement", error.fields["D"])
+        self.assertEqual(ready, b.ReadyForQuery("I"))
+        (event,) = self.sink.events
+        self.assertIn(event["id"], error.fields["D"])
+
+    def test_plans_that_do_not_come_in_time_do_not_hold_the_client(self) -> None:
+        self.slow_select()
+        self.reactor.advance(self.config.comparison.explain.statement_timeout + 2.9)
+        self.assertEqual(self.transport.value(), b"")
+        self.reactor.advance(0.2)  # the deadline
+        error, ready = frames(self.transport.value())
+        self.assertEqual(error.sqlstate, "TW003")
+        self.assertIn("not ready in time", error.fields["D"])
+        self.assertEqual(ready, b.ReadyForQuery("I"))
+        self.assertEqual(list(self.sink.events), [], "the event itself waits for its plans")
+        for _, plan in self.plans:  # the plans arrive late: the event is written ...
+            from twinkly.perf.explain import ExplainResult
+
+            plan.callback(ExplainResult(error="late"))
+        self.assertEqual([e["kind"] for e in self.sink.events], ["slow_query"])
+        self.transport.clear()
+        self.client.dataReceived(f.encode(f.Query("select 1")))  # ... and fails nothing else
+        self.truth.dataReceived(answer(b"1"))
+        self.target.dataReceived(answer(b"1"))
+        self.assertEqual(self.transport.value(), answer(b"1"))
+
+    def test_a_rate_limited_repeat_still_fails_with_the_last_plans(self) -> None:
+        from twinkly.perf.explain import ExplainResult
+
+        self.slow_select()
+        for _, plan in self.plans:
+            plan.callback(ExplainResult([{"Plan": {"Node Type": "Seq Scan"}}]))
+        (event,) = self.sink.events
+        self.transport.clear()
+        self.slow_select("select v from t where id = 2")  # same fingerprint, no new event
+        error, _ = frames(self.transport.value())
+        self.assertEqual(error.sqlstate, "TW003")
+        self.assertIn(f"event {event['id']}", error.fields["D"])
+        self.assertIn("plan: Seq Scan", error.fields["D"])
+        self.assertEqual(len(self.sink.events), 1)
+        self.assertEqual(len(self.plans), 2, "no EXPLAIN for the repeat")

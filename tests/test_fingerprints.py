@@ -1,4 +1,4 @@
-"""Statement fingerprints and the literal-blind cache in front of them."""
+"""Statement fingerprints and the bounded cache in front of them."""
 
 from __future__ import annotations
 
@@ -41,6 +41,11 @@ class FingerprintTests(SynchronousTestCase):
         self.assertEqual(fp.fingerprints("selec 1"), ())
         self.assertEqual(fp.fingerprints("select 1\x00"), ())
         self.assertEqual(fp.fingerprints("select " + "1," * fp.MAX_TEXT + "1"), ())
+
+    def test_long_texts_are_not_cached(self) -> None:
+        long = "select " + "1, " * fp.CACHED_TEXT + "1"
+        self.assertEqual(len(fp.fingerprints(long)), 1)
+        self.assertNotIn(long, fp._cache)
 
     def test_the_cache_is_bounded(self) -> None:
         self.patch(fp, "CACHE_ENTRIES", 3)

@@ -537,3 +537,24 @@ class TimingTests(TrackerTestCase):
         self.clock.now = 2.1
         self.feed(done("SELECT 0"), ready())
         self.assertAlmostEqual(self.results()[0].elapsed, 0.1)
+
+    def test_a_pause_over_before_the_statement_starts_does_not_count(self) -> None:
+        self.expect(r.QUERY)
+        self.tracker.paused()
+        self.clock.now = 0.2
+        self.tracker.resumed()
+        self.clock.now = 0.3
+        self.feed(done("SELECT 0"), ready())  # spoiled: the pause fell in its time
+        self.expect(r.QUERY)  # queued earlier, starts at the ReadyForQuery above
+        self.clock.now = 0.35
+        self.feed(done("SELECT 0"), ready())
+        first, second = self.results()
+        self.assertEqual((first.timed, second.timed), (False, True))
+        self.assertAlmostEqual(second.elapsed, 0.05)
+
+    def test_an_execute_without_sync_and_the_query_after_it_share_a_flush(self) -> None:
+        self.expect(r.BIND, r.EXECUTE, r.QUERY)
+        self.clock.now = 0.4
+        self.feed(BIND_OK, done("SELECT 0"), done("SELECT 0"), ready())
+        execute, query = (x for x in self.results() if x.request != r.BIND)
+        self.assertEqual((execute.timed, query.timed), (False, False))

@@ -36,6 +36,7 @@ _QUERY, _PARSE, _TERMINATE = ord("Q"), ord("P"), ord("X")
 _COPY_MESSAGES = frozenset((ord("d"), ord("c"), ord("f")))
 _WRAPPABLE = frozenset(("select", "insert", "update", "delete", "merge"))
 _READY = 6  # bytes of a ReadyForQuery message
+SLOW_WAIT = 3.0  # seconds past the EXPLAIN statement_timeout a held group waits for plans
 
 
 class Enforcer:
@@ -45,7 +46,9 @@ class Enforcer:
         self.session = session
         self.cap = cap
         self.differences = differences  # fail on mismatches (else only on slow statements)
-        self.slow_pending: list[Deferred[dict]] = []  # slow_query events being written
+        # slow_query events being written, each with what is known before its plans
+        self.slow_pending: list[tuple[Deferred[dict], dict]] = []
+        self.slow_waited = False  # the open group already waited for them
         self.queue: deque[tuple[int, bytes]] = deque()  # client messages not yet sent
         self.held = bytearray()  # truth bytes not yet delivered, from offset `start`
         self.start = 0
@@ -159,14 +162,15 @@ class Enforcer:
         if self.differences and self.failure is None and self.group is not None:
             self.failure = event
 
-    def slow(self, written: Deferred[dict]) -> None:
+    def slow(self, written: Deferred[dict], provisional: dict) -> None:
         """comparison.fail-on-slow-queries: a statement of the open group was too slow on
         the target. Its event (with both plans, for the DETAIL) is awaited before the
-        group is settled; a mismatch found meanwhile takes precedence."""
+        group is settled, for SLOW_WAIT past the EXPLAIN statement_timeout at most (then
+        ``provisional`` says what is known); a mismatch found meanwhile takes precedence."""
         group = self.group
         if group is None or self.streaming:
             return
-        self.slow_pending.append(written)
+        self.slow_pending.append((written, provisional))
 
         def written_(event: dict) -> dict:
             if self.failure is None and self.group == group and not self.streaming:
@@ -188,12 +192,9 @@ class Enforcer:
         if seq != self.group:
             self._deliver_until(point.end)
             return
-        waiting = [d for d in self.slow_pending if not d.called]
-        if waiting and not self.streaming:
-            # Settle once the slow statements' plans are in (the Explainer gives up
-            # after statement_timeout and a margin); meanwhile the group stays open.
-            gathered = DeferredList(waiting, consumeErrors=True)
-            gathered.addCallback(lambda _: self.truth_synced(point))
+        waiting = [(d, p) for d, p in self.slow_pending if not d.called]
+        if waiting and not self.streaming and not self.slow_waited:
+            self._await_slow(point, waiting)  # the group stays open meanwhile
             return
         self.slow_pending = []
         if self.streaming or (self.failure is None and not self.wrapped):
@@ -227,8 +228,34 @@ class Enforcer:
         self._deliver_until(point.end)
         self._done()
 
+    def _await_slow(self, point: SyncPoint, waiting: list[tuple[Deferred, dict]]) -> None:
+        """Settle the group once its slow statements' events are written, or at the
+        deadline, whichever comes first, once."""
+        group = self.group
+        session = self.session
+        limit = session.config.comparison.explain.statement_timeout + SLOW_WAIT
+
+        def resume(_: object = None) -> None:
+            if self.slow_waited or self.group != group:
+                return
+            self.slow_waited = True
+            if timer.active():
+                timer.cancel()
+            self.truth_synced(point)
+
+        def deadline() -> None:
+            if self.failure is None and self.group == group:
+                late = "not ready in time"
+                self.failure = {"plan_errors": {"truth": late, "target": late}, **waiting[0][1]}
+            resume()
+
+        timer = session.clock.callLater(limit, deadline)
+        gathered = DeferredList([d for d, _ in waiting], consumeErrors=True)
+        gathered.addCallback(resume)
+
     def _done(self) -> None:
         self.group = None
+        self.slow_waited = False
         self.wrapped = False
         self.failure = None
         self.session.comparator_holding(True)

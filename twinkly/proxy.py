@@ -88,9 +88,12 @@ class ClientProtocol(Protocol):
         self.transport.write(data)
 
     def dataReceived(self, data: bytes) -> None:
+        if self.recording is not None and self._state in ("startup", "auth"):
+            self.recording.add(">", data)  # later bytes reach the trace through the session
+        self._received(data)
+
+    def _received(self, data: bytes) -> None:
         session = self.session
-        if session is None and self.recording is not None:
-            self.recording.add(">", data)
         try:
             if session is not None:
                 session.client_data(data)
@@ -146,7 +149,7 @@ class ClientProtocol(Protocol):
         else:
             self._begin_auth(packet)
         if rest:
-            self.dataReceived(rest)
+            self._received(rest)
 
     def _begin_auth(self, startup: StartupMessage) -> None:
         self.startup = startup
@@ -199,6 +202,7 @@ class ClientProtocol(Protocol):
             return
         self._admin = AdminConsole(self.factory.status)
         self._state = "admin"
+        self.recording = None  # not a session: nothing to trace
         self._reply(authentication_ok() + admin_greeting())
 
     def _admin_data(self, data: bytes) -> None:
@@ -257,7 +261,7 @@ class ClientProtocol(Protocol):
         self.transport.resumeProducing()
         early, self._early = b"".join(self._early), []
         if early:
-            self.dataReceived(early)
+            self._received(early)
 
     def _backends_failed(self, failure: Failure) -> None:
         error = failure.value
@@ -298,6 +302,7 @@ class ProxyFactory(Factory):
         self.tls_options = _server_tls_options(config)
         self.router = make_router(config)
         self.sessions_total = 0
+        self.timer: Callable[[], float] = time.monotonic  # statement timings
         self.connect_failures: Counter[str] = Counter()  # backend label -> failures
         self.closed_totals: Counter[str] = Counter()  # bytes and pauses of ended sessions
         self.status: object | None = None  # IStatus, for the admin console
@@ -358,7 +363,7 @@ class ProxyFactory(Factory):
             observer,
             self.reactor,  # type: ignore[arg-type]
             on_close=self.unregister,
-            timer=time.monotonic,
+            timer=self.timer,
         )
         session.router = self.router
         if monitor is not None:

@@ -36,6 +36,7 @@ SUB_BITS = 20
 SYNC_SUB = (1 << SUB_BITS) - 1
 
 _ENDS_WITH_READY = frozenset((QUERY, SYNC, FUNCTION_CALL))
+_EXECUTING = frozenset((EXECUTE, QUERY, FUNCTION_CALL))
 _unpack_len = Struct("!I").unpack_from
 _DIGEST_MASK = (1 << 64) - 1
 
@@ -345,6 +346,8 @@ class ResponseTracker:
                 # Several Executes before one Sync are answered in one flush: their
                 # times cannot be told apart.
                 result.timed = self._group_executes == 1 and self._alone_in_group()
+            elif self._group_executes:  # a Query after an Execute that had no Sync
+                result.timed = False
             described, context = self._described, head[3]
             if head[0] == EXECUTE and described and context and context[0] == described[0]:
                 result.columns = described[1]
@@ -353,9 +356,10 @@ class ResponseTracker:
         return self._current
 
     def _alone_in_group(self) -> bool:
-        """No other Execute is owed before the next Sync (the head is this one)."""
+        """Nothing else that executes is owed before the next Sync (the head is this
+        one): a Query or a function call also ends in a flush of everything before."""
         for index, entry in enumerate(self._owed):
-            if index and entry[0] == EXECUTE:
+            if index and entry[0] in _EXECUTING:
                 return False
             if entry[0] == SYNC:
                 return True

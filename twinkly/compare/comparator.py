@@ -298,7 +298,7 @@ class Comparator:
         else:
             return
         if failing:
-            self.enforcer.slow(written)  # type: ignore[union-attr]
+            self.enforcer.slow(written, self._again(truth, target, entry))  # type: ignore[union-attr]
 
     def _fingerprint(self, result: StatementResult) -> str | None:
         """The statement's fingerprint; None when its time is not its own: the
@@ -360,7 +360,7 @@ class Comparator:
                 read_only=info.read_only,
                 bind=context[1],
                 parameter_types=tuple(context[2] or ()),
-                relations=tuple(sorted(info.reads)),
+                relations=info.relations,
             )
         written = monitor.slow.slow_query(
             fields,

@@ -120,6 +120,9 @@ class StatementInfo:
     reads: frozenset[str] = frozenset()  # "schema.table" as written, lower-case, minus CTEs
     writes: frozenset[str] = frozenset()  # DML targets (CTEs too), COPY FROM, DDL relations
     read_only: bool = False  # provably: SELECT/VALUES/TABLE/SHOW, see _read_only
+    # The relations read, exactly as named (quoted names keep their case): for catalog
+    # look-ups, where ``reads`` (lower-cased, for matching) would name the wrong object.
+    relations: tuple[tuple[str, ...], ...] = ()
     transaction: str | None = None  # begin commit rollback savepoint release rollback_to ...
     sets: tuple[str, ...] = ()  # GUCs a SET/RESET/set_config changes; "all" for RESET/DISCARD
 
@@ -347,6 +350,13 @@ def _describe(stmt: Tree, walk: _Notes, text: str | bytes, base: int) -> Stateme
         volatile=tuple(sorted(volatile)),
         server_identity=tuple(sorted(identity)),
         reads=frozenset(reads),
+        relations=tuple(
+            dict.fromkeys(
+                tuple(r[k] for k in ("catalogname", "schemaname", "relname") if r.get(k))
+                for r in walk.range_vars
+                if _qualified(r) in reads
+            )
+        ),
         writes=frozenset(writes),
         read_only=read_only,
         transaction=transaction,

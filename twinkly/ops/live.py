@@ -248,8 +248,11 @@ class LiveStatus:
             return defer.succeed(self._ready[1])
         if self._checking is None:
             config = self.factory.config
-            checks = [self._check(config.truth), self._check(config.target)]
-            self._checking = defer.gatherResults(checks).addCallback(self._checked)
+            checking = defer.gatherResults([self._check(config.truth), self._check(config.target)])
+            self._checking = checking
+            checking.addCallback(self._checked)
+            if checking.called:  # answered at once: nothing to share
+                return checking
         waiter: defer.Deferred = defer.Deferred()
 
         def tell(answer: tuple) -> tuple:

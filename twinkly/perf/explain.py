@@ -53,7 +53,7 @@ class ExplainRequest:
     read_only: bool
     bind: bytes | None = None
     parameter_types: tuple[int, ...] = ()
-    relations: tuple[str, ...] = ()  # the tables it reads, as written
+    relations: tuple[tuple[str, ...], ...] = ()  # what it reads: (schema, name) as named
 
 
 @dataclass(frozen=True)
@@ -111,25 +111,32 @@ class Explainer:
             return defer.succeed(ExplainResult(error=f"cannot bind the parameters again: {e}"))
         side = dict(parameters, application_name="twinkly-explain")
         timeout_ms = max(1, int(self.settings.statement_timeout * 1000))
-        analyzed = False
+        analyzed = timed_out = False
 
         @defer.inlineCallbacks
         def exchange():  # type: ignore[no-untyped-def]
-            nonlocal analyzed
+            nonlocal analyzed, timed_out
             backend = yield self._connect(config, side)
-            # Twinkly's own limit, should the server not keep to statement_timeout.
-            limit = self._clock.callLater(
-                self.settings.statement_timeout + _MARGIN, backend.transport.abortConnection
-            )
+
+            def give_up() -> None:  # should the server not keep to statement_timeout
+                nonlocal timed_out
+                timed_out = True
+                backend.transport.abortConnection()
+
+            limit = self._clock.callLater(self.settings.statement_timeout + _MARGIN, give_up)
             try:
-                yield backend.run_query("BEGIN READ ONLY")
-                yield backend.run_query(f"SET LOCAL statement_timeout = {timeout_ms}")
-                # The client's own session may hold locks: do not queue behind them.
-                yield backend.run_query(f"SET LOCAL lock_timeout = {min(timeout_ms, 1000)}")
-                try:
-                    if wants_analyze:
+                if wants_analyze:  # before BEGIN: a failed look-up must not abort it
+                    try:
                         analyzed = yield _plain_tables(backend, request.relations)
-                    rows = yield backend.run_messages(_explain_messages(request, analyzed))
+                    except BackendError:
+                        analyzed = False
+                yield _run(backend, encode(Query("BEGIN READ ONLY")))
+                yield _run(backend, encode(Query(f"SET LOCAL statement_timeout = {timeout_ms}")))
+                # The client's own session may hold locks: do not queue behind them.
+                locks = min(timeout_ms, 1000)
+                yield _run(backend, encode(Query(f"SET LOCAL lock_timeout = {locks}")))
+                try:
+                    rows = yield _run(backend, _explain_messages(request, analyzed))
                 finally:
                     if backend.transport.connected and backend.idle:
                         yield backend.run_query("ROLLBACK")
@@ -149,28 +156,55 @@ class Explainer:
 
         def failed(failure: Failure) -> ExplainResult:
             self.failed += 1
-            reason = (
-                str(failure.value) if failure.check(BackendError) else failure.getErrorMessage()
-            )
+            if timed_out:
+                limit = self.settings.statement_timeout + _MARGIN
+                reason = f"no plan within {limit:g} s (Twinkly's own limit); connection dropped"
+            elif failure.check(BackendError):
+                reason = str(failure.value)
+            else:
+                reason = failure.getErrorMessage()
             log.info("EXPLAIN on {backend} failed: {reason}", backend=config.label, reason=reason)
             return ExplainResult(error=reason)
 
         return exchange().addCallbacks(done, failed)
 
 
+def _run(backend: BackendProtocol, data: bytes) -> defer.Deferred:
+    """backend.run_messages, failing at once on a connection already gone."""
+    if not getattr(backend.transport, "connected", False):
+        return defer.fail(BackendError(f"{backend.config.describe()}: connection lost"))
+    return backend.run_messages(data)
+
+
 @defer.inlineCallbacks
-def _plain_tables(backend: BackendProtocol, relations: tuple[str, ...]):  # type: ignore[no-untyped-def]
+def _plain_tables(backend: BackendProtocol, relations: tuple[tuple[str, ...], ...]):  # type: ignore[no-untyped-def]
     """Whether every relation read is a plain table or materialized view without row
-    security: a view or a policy could run functions the SQL text does not show."""
+    security: a view or a policy could run functions the SQL text does not show. Names
+    are quoted exactly as the statement named them; another database's is refused."""
     if not relations:
         return True
-    names = ", ".join("'" + name.replace("'", "''") + "'" for name in relations)
-    rows = yield backend.run_query(
-        f"SELECT count(*) FROM unnest(ARRAY[{names}]::text[]) AS r(name)"
-        " LEFT JOIN pg_catalog.pg_class c ON c.oid = pg_catalog.to_regclass(r.name)"
-        " WHERE c.oid IS NULL OR c.relkind NOT IN ('r', 'm', 'p') OR c.relrowsecurity"
+    if any(len(parts) > 2 for parts in relations):
+        return False
+    names = ", ".join(_literal(".".join(_identifier(p) for p in parts)) for parts in relations)
+    rows = yield _run(
+        backend,
+        encode(
+            Query(
+                f"SELECT count(*) FROM unnest(ARRAY[{names}]::text[]) AS r(name)"
+                " LEFT JOIN pg_catalog.pg_class c ON c.oid = pg_catalog.to_regclass(r.name)"
+                " WHERE c.oid IS NULL OR c.relkind NOT IN ('r', 'm', 'p') OR c.relrowsecurity"
+            )
+        ),
     )
     return rows == [["0"]]
+
+
+def _identifier(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
 
 
 def _explain_messages(request: ExplainRequest, analyze: bool) -> bytes:

@@ -13,6 +13,7 @@ from pglast import parser
 
 MAX_TEXT = 256 * 1024  # longer texts are not fingerprinted: parsing them would stall
 CACHE_ENTRIES = 8192
+CACHED_TEXT = 4096  # longer texts are parsed each time: the cache holds at most 32 MiB
 
 _cache: dict[str, tuple[str, ...]] = {}
 
@@ -20,15 +21,14 @@ _cache: dict[str, tuple[str, ...]] = {}
 def fingerprints(sql: str) -> tuple[str, ...]:
     """Each statement's fingerprint, in order; () if the text does not parse or is
     longer than MAX_TEXT."""
-    found = _cache.get(sql)
-    if found is not None:
-        return found
-    if len(sql) > MAX_TEXT:
-        return ()
-    found = _parse(sql)
-    if len(_cache) >= CACHE_ENTRIES:
-        _cache.clear()  # crude but bounded; the hot texts are back at once
-    _cache[sql] = found
+    if len(sql) > CACHED_TEXT:  # kept out of the cache: memory stays bounded
+        return _parse(sql) if len(sql) <= MAX_TEXT else ()
+    found = _cache.get(sql)  # a repeated text (the extended protocol's): one lookup
+    if found is None:
+        found = _parse(sql)
+        if len(_cache) >= CACHE_ENTRIES:
+            _cache.clear()  # crude but bounded; the hot texts are back at once
+        _cache[sql] = found
     return found
 
 
