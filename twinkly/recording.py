@@ -2,7 +2,8 @@
 
 A session's trace can begin only once the session has an id, after login; the bytes of
 the start-up (both ways, on each of the three legs) are kept meanwhile so the trace
-shows the whole conversation. Bounded: of a start-up larger than LIMIT, the trace shows the beginning.
+shows the whole conversation. Bounded: of a start-up larger than LIMIT, the trace shows
+the beginning.
 """
 
 from __future__ import annotations
