@@ -334,6 +334,30 @@ class ReporterTests(SynchronousTestCase):
         self.provider.pending.callback(None)
         self.assertEqual(len(self.events), 1)
 
+    def test_same_plans_and_a_normal_median_say_one_off(self) -> None:
+        fields = dict(
+            self.fields(), history={"executions": 500, "p50_ratio": 1.1, "verdict": "a one-off"}
+        )
+        sides = (SideConnection(TRUTH, {}), SideConnection(TARGET, {}))
+        written = self.reporter.slow_query(fields, sides, ExplainRequest("s", "select", True))
+        for label in ("pg15", "pg18"):
+            self.explainer.results[label].callback(ExplainResult(SEQ))
+        (insight,) = self.successResultOf(written)["insights"]
+        self.assertEqual(insight["kind"], "one_off")
+        self.assertIn("1.1x", insight["message"])
+        self.assertIn("500 executions", insight["message"])
+
+    def test_a_plan_difference_is_never_called_a_one_off(self) -> None:
+        fields = dict(
+            self.fields(), history={"executions": 500, "p50_ratio": 1.1, "verdict": "a one-off"}
+        )
+        sides = (SideConnection(TRUTH, {}), SideConnection(TARGET, {}))
+        written = self.reporter.slow_query(fields, sides, ExplainRequest("s", "select", True))
+        self.explainer.results["pg15"].callback(ExplainResult(INDEX))
+        self.explainer.results["pg18"].callback(ExplainResult(SEQ))
+        kinds = [i["kind"] for i in self.successResultOf(written)["insights"]]
+        self.assertEqual(kinds, ["missing_index"])
+
     def test_without_an_explainer_the_event_is_written_at_once(self) -> None:
         reporter = SlowQueryReporter(self.events.append, lambda: 1_700_000_000.0, None)
         event = self.successResultOf(reporter.slow_query(self.fields(), None, None))

@@ -342,6 +342,7 @@ class Comparator:
             "target": summary(target, monitor.target_label),
             "ratio": None if ratio is None else round(ratio, 2),
             "suppressed": suppressed,
+            "history": _history(monitor.latency.get(fingerprint), monitor.latency.settings),
             "parameters": None if monitor.settings.redact else parameters,
             "parameter_formats": formats,
             "reason": (
@@ -435,6 +436,26 @@ def _column_problems(truth: bytes | None, target: bytes | None) -> tuple[str, ..
     return tuple(
         compare_columns(decode_columns(truth or b"\0\0"), decode_columns(target or b"\0\0"))
     )
+
+
+def _history(entry: object, settings: object) -> dict | None:
+    """This fingerprint's record so far: whether the target is slow as a rule, or only
+    this time (load, a lock, a cold cache)."""
+    if entry is None:
+        return None
+    ratio = entry.p50_ratio()  # type: ignore[attr-defined]
+    executions = entry.executions  # type: ignore[attr-defined]
+    if executions < settings.min_samples or ratio is None:  # type: ignore[attr-defined]
+        verdict = "too few executions to tell"
+    elif ratio >= settings.ratio:  # type: ignore[attr-defined]
+        verdict = "slow as a rule"
+    else:
+        verdict = "a one-off"
+    return {
+        "executions": executions,
+        "p50_ratio": None if ratio is None else round(ratio, 2),
+        "verdict": verdict,
+    }
 
 
 def _noise_reason(info: StatementInfo | None) -> str | None:

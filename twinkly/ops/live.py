@@ -248,7 +248,8 @@ class LiveStatus:
             return defer.succeed(self._ready[1])
         if self._checking is None:
             config = self.factory.config
-            checking = defer.gatherResults([self._check(config.truth), self._check(config.target)])
+            checks = [self._check(config.truth), self._check(config.target)]
+            checking: defer.Deferred = defer.gatherResults(checks)
             self._checking = checking
             checking.addCallback(self._checked)
             if checking.called:  # answered at once: nothing to share

@@ -85,6 +85,20 @@ class SlowQueryReporter:
             truth_label,
             target_label,
         )
+        history = fields.get("history") or {}
+        if not insights and history.get("verdict") == "a one-off":
+            insights.append(
+                {
+                    "kind": "one_off",
+                    "message": (
+                        f"the same plan on both, and this statement's median on"
+                        f" {target_label} is {history.get('p50_ratio')}x the median on"
+                        f" {truth_label} over {history.get('executions')} executions:"
+                        " a one-off (load, a lock, a cold cache), not the plan"
+                    ),
+                    "relation": None,
+                }
+            )
         event = self._emit(
             "slow_query",
             plans={side: result.plan if result else None for side, result in plan_of.items()},
