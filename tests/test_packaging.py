@@ -126,3 +126,36 @@ def test_json_log_lines() -> None:
     event = json.loads(line)
     assert event["backend"] == "pg18" and event["sqlstate"] == "23505"
     assert event["log_format"] == "SQL error on {backend}"
+
+
+def test_twistd_writes_json_lines_with_the_logger_option(tmp_path: Path) -> None:
+    import json
+    import signal
+
+    config = tmp_path / "json.conf"
+    config.write_text(
+        "proxy { listen-port = 0, postgresql { port = 1 }, yugabytedb { port = 2 } }\n"
+        "monitoring.progress-interval = 0\n"
+        f'reporting.events-file = "{tmp_path / "events.jsonl"}"\n'
+    )
+    command = [str(TWISTD), "--logger", "twinkly.ops.logs.json_observer", "-n", "--pidfile="]
+    command += ["twinkly", "--config", str(config)]
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, text=True)
+    import threading
+
+    guard = threading.Timer(60, process.kill)  # a twistd that never listens fails the test
+    guard.start()
+    try:
+        lines = []
+        for line in process.stdout:  # type: ignore[union-attr]
+            lines.append(json.loads(line))  # every line is one JSON object
+            if "Twinkly listening" in lines[-1].get("log_format", ""):
+                break
+        listening = lines[-1]
+        assert listening["log_namespace"] == "twinkly.service"
+        assert listening["host"] == "127.0.0.1" and listening["port"] > 0  # named fields
+    finally:
+        guard.cancel()
+        process.send_signal(signal.SIGTERM)
+        process.communicate(timeout=30)
