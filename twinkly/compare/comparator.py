@@ -17,42 +17,35 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from twinkly.compare.describe import (
+    bound_parameters,
+    difference,
+    statement_text,
+    summary,
+)
 from twinkly.compare.monitor import Monitor
 from twinkly.compare.rows import Ordering, compare_columns, compare_rows
 from twinkly.compare.sql import StatementInfo
 from twinkly.compare.values import decode_columns
 from twinkly.pairing import IPairObserver
-from twinkly.perf.explain import ExplainRequest
-from twinkly.perf.fingerprints import fingerprints
 from twinkly.perf.latency import NOTHING
+from twinkly.perf.timing import (
+    TIMED,
+    again_event,
+    explain_request,
+    fingerprint_of,
+    history,
+    remember,
+    timings,
+)
 from twinkly.report.events import make_event
 from twinkly.responses import SYNC_SUB, StatementResult, SyncPoint
 from twinkly.statements import INTERNAL
-from twinkly.wire.buffers import Reader
-from twinkly.wire.framing import ProtocolViolation
-from twinkly.wire.frontend import Bind
 
 log = Logger()
 
 _SUB_MASK = SYNC_SUB
-# The requests that execute something. A Parse, Bind or Describe answer is only flushed
-# with the Execute's, so its time would be the Execute's; statements answered in one
-# flush (several Executes before a Sync, a multi-statement query) are not timed at all.
-_TIMED = frozenset(("Q", "E"))
 MAX_ANALYZED_CHARS = 256 * 1024
-
-
-def summary(result: StatementResult, label: str) -> dict:
-    """How one backend answered, for an event."""
-    return {
-        "label": label,
-        "rows": result.rows,
-        "digest": f"{result.digest:016x}",
-        "tag": result.command_tag,
-        "sqlstate": result.sqlstate,
-        "message": result.error_message,
-        "elapsed_ms": round(result.elapsed * 1000, 3),
-    }
 
 
 @implementer(IPairObserver)
@@ -101,7 +94,7 @@ class Comparator:
             return
         self._judge(truth, target)
         if (
-            truth.request in _TIMED
+            truth.request in TIMED
             and (settings.slow.enabled or settings.fail_on_slow_queries)
             and truth.error is None
             and target.error is None
@@ -244,7 +237,7 @@ class Comparator:
             if verdict.equal:
                 monitor.count("matched")  # equal once normalised by type
                 return
-            differences = [_difference(d) for d in verdict.differences]
+            differences = [difference(d) for d in verdict.differences]
             differing = verdict.differing_rows
             if verdict.nondeterministic:
                 self._benign(
@@ -270,14 +263,14 @@ class Comparator:
     def _time(self, truth: StatementResult, target: StatementResult) -> None:
         """Both live executions' times into the fingerprint's histograms; a slow_query
         or fingerprint_regression event when they call for one."""
-        fingerprint = self._fingerprint(truth)
+        fingerprint = fingerprint_of(truth)
         if fingerprint is None:
             return
         monitor = self.monitor
         book = monitor.latency
         statement = ""
         if fingerprint not in book.entries:
-            statement = _statement_text(self._info(truth), truth, monitor.settings.redact)
+            statement = statement_text(self._info(truth), truth, monitor.settings.redact)
         verdict = book.record(fingerprint, statement, truth.elapsed, target.elapsed, self.clock())
         failing = (
             monitor.settings.fail_on_slow_queries
@@ -294,91 +287,48 @@ class Comparator:
         elif failing:
             # Rate-limited (or not reported): the client still gets TW003, with the
             # plans of the last event written for this fingerprint.
-            written = defer.succeed(self._again(truth, target, entry))
+            written = defer.succeed(again_event(truth, target, entry, self._labels))
         else:
             return
         if failing:
-            self.enforcer.slow(written, self._again(truth, target, entry))  # type: ignore[union-attr]
-
-    def _fingerprint(self, result: StatementResult) -> str | None:
-        """The statement's fingerprint; None when its time is not its own: the
-        statements of a multi-statement query are answered in one flush."""
-        context = result.context
-        if context is None:
-            return None
-        prints = fingerprints(context[0])
-        if len(prints) != 1:
-            return None  # several statements, or one that does not parse
-        return prints[0]
-
-    def _again(self, truth: StatementResult, target: StatementResult, entry: object) -> dict:
-        """A slow execution that writes no event, described for TW003."""
-        last = getattr(entry, "last_event", None) or {}
-        return {
-            **last,
-            "kind": "slow_query",
-            "truth": summary(truth, self.monitor.truth_label),
-            "target": summary(target, self.monitor.target_label),
-            "ratio": round(target.elapsed / truth.elapsed, 2) if truth.elapsed > 0 else None,
-            "reason": (
-                f"{self.monitor.target_label} took {target.elapsed * 1000:.1f} ms,"
-                f" {self.monitor.truth_label} {truth.elapsed * 1000:.1f} ms"
-            ),
-        }
+            provisional = again_event(truth, target, entry, self._labels)
+            self.enforcer.slow(written, provisional)  # type: ignore[union-attr]
 
     def _slow(
         self, truth: StatementResult, target: StatementResult, fingerprint: str, suppressed: int
     ) -> defer.Deferred[dict]:
         monitor = self.monitor
         info = self._info(truth)
-        parameters, formats = _bound_parameters(truth)
-        ratio = target.elapsed / truth.elapsed if truth.elapsed > 0 else None
+        parameters, formats = bound_parameters(truth)
         fields = {
             "session": self.session_id,
             "in_transaction": self._in_transaction,
-            "statement": _statement_text(info, truth, monitor.settings.redact),
+            "statement": statement_text(info, truth, monitor.settings.redact),
             "fingerprint": fingerprint,
-            "truth": summary(truth, monitor.truth_label),
-            "target": summary(target, monitor.target_label),
-            "ratio": None if ratio is None else round(ratio, 2),
+            **timings(truth, target, self._labels),
             "suppressed": suppressed,
-            "history": _history(monitor.latency.get(fingerprint), monitor.latency.settings),
+            "history": history(monitor.latency.get(fingerprint), monitor.latency.settings),
             "parameters": None if monitor.settings.redact else parameters,
             "parameter_formats": formats,
-            "reason": (
-                f"{monitor.target_label} took {target.elapsed * 1000:.1f} ms,"
-                f" {monitor.truth_label} {truth.elapsed * 1000:.1f} ms"
-            ),
         }
         if self.enforcer is not None:
             fields["held"] = self.holding
-        request = None
-        context = truth.context
-        if info is not None and context is not None:
-            request = ExplainRequest(
-                sql=info.sql if truth.request == "Q" else context[0],
-                kind=info.kind,
-                read_only=info.read_only,
-                bind=context[1],
-                parameter_types=tuple(context[2] or ()),
-                relations=info.relations,
-            )
         written = monitor.slow.slow_query(
             fields,
             self.sides() if self.sides else None,
-            request,
+            explain_request(truth, info),
             info.redacted if info is not None else None,
         )
         return written.addCallback(self._slow_written)
 
     def _slow_written(self, event: dict) -> dict:
         self.last_event = event
-        entry = self.monitor.latency.get(event["fingerprint"])
-        if entry is not None:  # what TW003 shows for executions that write no event
-            entry.last_event = {
-                key: event.get(key) for key in ("id", "plan_summary", "plan_errors", "insights")
-            }
+        remember(self.monitor.latency.get(event["fingerprint"]), event)
         return event
+
+    @property
+    def _labels(self) -> tuple[str, str]:
+        return self.monitor.truth_label, self.monitor.target_label
 
     # --- events ---------------------------------------------------------------------
 
@@ -402,10 +352,10 @@ class Comparator:
 
     def _event(self, kind: str, truth, target, info, **fields: object) -> dict:
         monitor = self.monitor
-        parameters, formats = _bound_parameters(truth)
+        parameters, formats = bound_parameters(truth)
         return self._emit(
             kind,
-            statement=_statement_text(info, truth, monitor.settings.redact),
+            statement=statement_text(info, truth, monitor.settings.redact),
             fingerprint=info.fingerprint if info is not None else None,
             truth=summary(truth, monitor.truth_label),
             target=summary(target, monitor.target_label),
@@ -438,26 +388,6 @@ def _column_problems(truth: bytes | None, target: bytes | None) -> tuple[str, ..
     )
 
 
-def _history(entry: object, settings: object) -> dict | None:
-    """This fingerprint's record so far: whether the target is slow as a rule, or only
-    this time (load, a lock, a cold cache)."""
-    if entry is None:
-        return None
-    ratio = entry.p50_ratio()  # type: ignore[attr-defined]
-    executions = entry.executions  # type: ignore[attr-defined]
-    if executions < settings.min_samples or ratio is None:  # type: ignore[attr-defined]
-        verdict = "too few executions to tell"
-    elif ratio >= settings.ratio:  # type: ignore[attr-defined]
-        verdict = "slow as a rule"
-    else:
-        verdict = "a one-off"
-    return {
-        "executions": executions,
-        "p50_ratio": None if ratio is None else round(ratio, 2),
-        "verdict": verdict,
-    }
-
-
 def _noise_reason(info: StatementInfo | None) -> str | None:
     if info is None:
         return None
@@ -466,41 +396,3 @@ def _noise_reason(info: StatementInfo | None) -> str | None:
     if info.server_identity:
         return "reads server identity: " + ", ".join(info.server_identity)
     return None
-
-
-def _statement_text(info: StatementInfo | None, result: StatementResult, redact: bool) -> str:
-    if info is not None:
-        return info.redacted if redact else info.sql
-    return result.context[0] if result.context else "<unknown>"
-
-
-def _bound_parameters(result: StatementResult) -> tuple[list | None, list[int] | None]:
-    """The Bind's parameters as text (binary ones as bytea-style hex) and its formats."""
-    context = result.context
-    if context is None or context[1] is None:
-        return None, None
-    try:
-        bind = Bind.read(Reader(context[1]))
-    except ProtocolViolation:
-        return None, None
-    formats = bind.parameter_formats
-    out: list[str | None] = []
-    for index, value in enumerate(bind.parameters[:100]):
-        binary = (formats[index] if len(formats) > 1 else formats[0] if formats else 0) == 1
-        if value is None:
-            out.append(None)
-        elif binary:
-            out.append("\\x" + value.hex())
-        else:
-            out.append(value.decode("utf-8", "replace"))
-    return out, list(formats)
-
-
-def _difference(difference: object) -> dict:
-    return {
-        "kind": difference.kind,  # type: ignore[attr-defined]
-        "position": difference.position,  # type: ignore[attr-defined]
-        "truth": difference.truth,  # type: ignore[attr-defined]
-        "target": difference.target,  # type: ignore[attr-defined]
-        "columns": list(difference.columns),  # type: ignore[attr-defined]
-    }
