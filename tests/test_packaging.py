@@ -159,3 +159,37 @@ def test_twistd_writes_json_lines_with_the_logger_option(tmp_path: Path) -> None
         guard.cancel()
         process.send_signal(signal.SIGTERM)
         process.communicate(timeout=30)
+
+
+def test_manhole_port_option_opens_the_manhole(tmp_path: Path) -> None:
+    """``--manhole-port`` overrides the file and enables the manhole: it answers SSH."""
+    import socket
+    import time
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = tmp_path / "manhole.conf"
+    config.write_text(
+        "proxy { listen-port = 0, postgresql { port = 1 }, yugabytedb { port = 2 } }\n"
+        'monitoring { progress-interval = 0, manhole.users { admin = "s3cret" } }\n'
+        f'reporting.events-file = "{tmp_path / "events.jsonl"}"\n'
+    )
+    command = [str(TWISTD), "-n", "--pidfile=", "twinkly", "--config", str(config)]
+    command += ["--manhole-port", str(port)]
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=2) as ssh:
+                    assert ssh.recv(64).startswith(b"SSH-2.0-")
+                break
+            except OSError:
+                assert process.poll() is None, "twistd exited"
+                assert time.monotonic() < deadline, "no manhole on --manhole-port"
+                time.sleep(0.1)
+    finally:
+        process.terminate()
+        process.wait(30)
