@@ -328,3 +328,79 @@ def test_dashboard_shows_a_mismatch_made_through_the_proxy(
     assert "truth-value" in difference.find_element(By.CSS_SELECTOR, "td.truth").text
     assert "target-value" in difference.find_element(By.CSS_SELECTOR, "td.target").text
     assert "result_mismatch" in group.find_element(By.CSS_SELECTOR, ".kind").text
+
+
+@pytest.mark.backends
+def test_dashboard_shows_a_slow_statement_made_through_the_proxy(
+    browser: WebDriver, start_proxy: Callable[..., Any]
+) -> None:
+    """A real slow_query (an index on the truth only) and a real LLM insight from a local
+    endpoint, as the page shows them: the ratio, both plans, the causes."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    import psycopg
+    from pgwire import free_port
+
+    class Endpoint(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            body = json.dumps({"choices": [{"message": {"content": "Add the index."}}]})
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body.encode())
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    endpoint = ThreadingHTTPServer(("127.0.0.1", 0), Endpoint)
+    threading.Thread(target=endpoint.serve_forever, daemon=True).start()
+    http_port = free_port()
+    url = f"http://127.0.0.1:{endpoint.server_address[1]}/v1/chat/completions"
+    try:
+        proxy = start_proxy(
+            "dashboard-slow",
+            extra=(
+                f"monitoring.http {{ enabled = true, port = {http_port} }}\n"
+                "comparison { slow-query-min-ms = 20,"
+                f' ai {{ enabled = true, endpoint = "{url}", model = "m" }} }}'
+            ),
+        )
+        for dsn in (proxy.truth_dsn, proxy.target_dsn):
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                conn.execute("drop table if exists dash_orders")
+                conn.execute("create table dash_orders (id int, customer int)")
+                conn.execute(
+                    "insert into dash_orders select i, i % 5000 from generate_series(1, 600000) i"
+                )
+                conn.execute("alter table dash_orders set (parallel_workers = 0)")
+        with psycopg.connect(proxy.truth_dsn, autocommit=True) as conn:
+            conn.execute("create index dash_orders_customer on dash_orders (customer)")
+        for dsn in (proxy.truth_dsn, proxy.target_dsn):
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                conn.execute("vacuum analyze dash_orders")
+        with psycopg.connect(proxy.dsn(), autocommit=True) as conn:
+            conn.execute("select count(*) from dash_orders where customer = 7").fetchall()
+        browser.get(f"http://127.0.0.1:{http_port}/")
+        slow = wait_for(
+            browser,
+            "the slow statement made through the proxy",
+            lambda d: d.find_element(By.CSS_SELECTOR, "#slow .slow-query"),
+        )
+        assert "dash_orders" in slow.find_element(By.CSS_SELECTOR, "pre.statement").text
+        plans = slow.find_element(By.CSS_SELECTOR, "tr.plan-summary")
+        assert "Seq Scan on dash_orders" in plans.find_element(By.CSS_SELECTOR, "td.target").text
+        assert "dash_orders_customer" in plans.find_element(By.CSS_SELECTOR, "td.truth").text
+        heuristic = slow.find_element(By.CSS_SELECTOR, "li.insight.heuristic").text
+        assert "no index on dash_orders(customer)" in heuristic
+        llm = wait_for(
+            browser,
+            "the LLM's insight",
+            lambda d: d.find_element(By.CSS_SELECTOR, "#slow li.insight.llm"),
+        )
+        assert "Add the index." in llm.text
+    finally:
+        endpoint.shutdown()

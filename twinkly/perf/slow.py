@@ -163,6 +163,7 @@ class SlowQueryReporter:
             session=event.get("session"),
             event=event["id"],
             provider=provider,
+            text=answer.get("text"),
             answer=answer,
         )
 
