@@ -41,6 +41,7 @@ class FakeStatus:
     def __init__(self) -> None:
         self.calls: list[tuple] = []
         self.muted: set[str] = set()
+        self.traceable = {42}
         self.reload_result: list | Exception = []
         self.broken: Exception | None = None
         self.event_list: list[dict] = []
@@ -114,6 +115,12 @@ class FakeStatus:
             return False
         self.muted.discard(fingerprint)
         return True
+
+    def trace(self, session_id: int, on: bool) -> str:
+        self.calls.append(("trace", (session_id, on)))
+        if session_id not in self.traceable:
+            raise KeyError(f"no session {session_id}")
+        return f"tracing {session_id}" if on else f"untraced {session_id}"
 
     def reset_timings(self) -> int:
         self.calls.append(("reset_timings", None))
@@ -405,6 +412,18 @@ class ReloadTests(ConsoleTestCase):
         self.assertIsInstance(notice, b.NoticeResponse)
         self.assertEqual(notice.message, "changed: comparison.sample-rate, log.level")
         self.assertEqual(done, b.CommandComplete("RELOAD"))
+
+    def test_trace_and_untrace_a_session(self) -> None:
+        notice, done = self.query("TRACE 42")
+        self.assertEqual((notice.message, done), ("tracing 42", b.CommandComplete("TRACE")))
+        notice, done = self.query("untrace 42;")
+        self.assertEqual((notice.message, done), ("untraced 42", b.CommandComplete("UNTRACE")))
+        self.assertEqual(self.status.calls[-2:], [("trace", (42, True)), ("trace", (42, False))])
+
+    def test_trace_of_an_unknown_session_is_an_error_and_the_console_goes_on(self) -> None:
+        (error,) = self.query("TRACE 7")
+        self.assertEqual((error.sqlstate, error.message), ("42704", "no session 7"))
+        self.assertEqual(self.query("TRACE 42")[0].message, "tracing 42")
 
     def test_reset_timings(self) -> None:
         notice, done = self.query("reset  timings;")

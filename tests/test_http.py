@@ -91,6 +91,9 @@ class FakeStatus:
     def unmute(self, fingerprint: str) -> bool:
         return True
 
+    def trace(self, session_id: int, on: bool) -> str:
+        return ""
+
     def reset_timings(self) -> int:
         return 0
 

@@ -415,3 +415,66 @@ class StartupRecordingTests(SynchronousTestCase):
         recording.add(">", b"z")
         self.assertTrue(recording.truncated)
         self.assertEqual([len(d) for _, d in recording.take()], [r.LIMIT - 1])
+
+
+class _FakeBackend:
+    def __init__(self) -> None:
+        self.received: list[bytes] = []
+        self.on_data = self.received.append
+
+
+class _FakeSession:
+    """What trace_when_idle and attach_trace touch of a session."""
+
+    def __init__(self) -> None:
+        self.boundary = False
+        self.traced = False
+        self.truth, self.target = _FakeBackend(), _FakeBackend()
+        self.read: list[bytes] = []
+        self.client_data = self.read.append
+        self._to_client = self._to_truth = self._to_target = lambda data: None
+
+    def at_message_boundary(self) -> bool:
+        return self.boundary
+
+
+class TraceWhenIdleTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.trace = ProtocolTrace(self.mktemp(), 1 << 20, lambda: 0.0)
+        self.session = _FakeSession()
+
+    def lines(self) -> list[str]:
+        self.trace.flush()
+        with open(self.trace.path) as f:
+            return f.read().splitlines()
+
+    def test_attaches_at_once_at_a_boundary(self) -> None:
+        from twinkly.ops.trace import trace_when_idle
+
+        self.session.boundary = True
+        trace_when_idle(self.session, self.trace, 9)
+        self.assertTrue(self.session.traced)
+        self.session.client_data(encode(f.Query("select 1")))
+        self.assertEqual(self.session.read, [encode(f.Query("select 1"))])
+        self.assertIn("s=9 client> Query sql='select 1'", self.lines()[0])
+
+    def test_waits_for_a_boundary_and_misses_nothing_after_it(self) -> None:
+        from twinkly.ops.trace import trace_when_idle
+
+        trace_when_idle(self.session, self.trace, 9)  # in the middle of a message
+        self.assertFalse(self.session.traced)
+        query = encode(f.Query("select 2"))
+        self.session.client_data(query[:3])  # still mid-message: nothing traced
+        self.session.boundary = True
+        self.session.client_data(query[3:])  # this chunk ends the message
+        self.assertTrue(self.session.traced)
+        self.assertEqual(self.lines(), [])  # the partial message is not decoded half-way
+        self.session.truth.on_data(encode(b.ReadyForQuery("I")))
+        self.session.client_data(encode(f.Sync()))
+        self.assertEqual(
+            [line.split(" ", 1)[1] for line in self.lines()],
+            ["s=9 truth< ReadyForQuery status=I", "s=9 client> Sync"],
+        )
+        # The session's own handlers still get every byte, wrapped or not.
+        self.assertEqual(b"".join(self.session.read), query + encode(f.Sync()))
+        self.assertEqual(self.session.truth.received, [encode(b.ReadyForQuery("I"))])

@@ -111,6 +111,7 @@ class Session:
         self.bytes_from_client = 0
         self.bytes_to_client = 0
         self.started = clock.seconds()
+        self.traced = False  # a protocol trace is attached
         self.client_parameters: dict[str, str] = {}  # the client's start-up parameters
 
     @property
@@ -155,6 +156,11 @@ class Session:
             SideConnection(self.truth.config, self.truth.parameters),
             SideConnection(self.target.config, self.target.parameters),
         )
+
+    def at_message_boundary(self) -> bool:
+        """Every stream of the session is between two messages (a trace may start)."""
+        target_pending = self._target_framer.pending if self.target is not None else 0
+        return not (self._client_framer.pending or self._truth_framer.pending or target_pending)
 
     def _truth_paused(self, paused: bool) -> None:
         """The truth's stream stopped (slow client, lagging target): its timings then

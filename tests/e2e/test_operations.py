@@ -278,3 +278,26 @@ def test_progress_line(operated) -> None:
     wait_until(lambda: "progress: " in operated.log_text(), "a progress line")
     line = next(x for x in operated.log_text().splitlines() if "progress: " in x)
     assert "sessions open" in line and "statements" in line
+
+
+def test_trace_a_running_session_from_the_admin_console(operated) -> None:
+    trace = operated.workdir / "reports" / "twinkly-protocol.log"
+    with psycopg.connect(operated.dsn(application_name="late"), autocommit=True) as conn:
+        conn.execute("select 'before-trace'").fetchall()
+        pid = conn.info.backend_pid  # Twinkly's own process id for the session
+        started = psql(operated, f"TRACE {pid}")
+        assert started.returncode == 0, started.stderr
+        assert f"tracing session {pid}" in started.stderr  # psql prints NOTICEs there
+        conn.execute("select 'late-marker'").fetchall()
+        assert psql(operated, f"UNTRACE {pid}").returncode == 0
+        conn.execute("select 'after-untrace'").fetchall()
+    text = wait_until(
+        lambda: trace.exists() and "late-marker" in trace.read_text() and trace.read_text(),
+        "the late session in the trace",
+    )
+    lines = [line for line in text.splitlines() if f" s={pid} " in line]
+    assert any("client> Query sql=\"select 'late-marker'\"" in x for x in lines), lines
+    assert any(" target< CommandComplete" in x for x in lines), lines
+    assert "before-trace" not in text and "after-untrace" not in text
+    unknown = psql(operated, "TRACE 1")
+    assert unknown.returncode != 0 and "no session 1" in unknown.stderr

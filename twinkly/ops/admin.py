@@ -53,6 +53,8 @@ HELP = (
     ("UNMUTE <fingerprint>", "report a fingerprint again"),
     ("RELOAD", "re-read the configuration file"),
     ("RESET TIMINGS", "forget every fingerprint's latency histograms"),
+    ("TRACE <session>", "trace one running session's protocol (see SHOW SESSIONS)"),
+    ("UNTRACE <session>", "stop tracing it"),
 )
 
 # Messages of the extended query protocol: after refusing one, skip to Sync like PostgreSQL.
@@ -215,6 +217,12 @@ class AdminConsole:
             return self._show[words[1]]()
         if words == ["reload"]:
             return self._reload()
+        if len(words) == 2 and words[0] in ("trace", "untrace") and words[1].isdigit():
+            try:
+                message = self.status.trace(int(words[1]), words[0] == "trace")
+            except KeyError as e:  # an unknown session: the user's mistake, not ours
+                return [_error("42704", str(e.args[0]))]
+            return [_notice(message), CommandComplete(words[0].upper())]
         if words == ["reset", "timings"]:
             dropped = self.status.reset_timings()
             return [

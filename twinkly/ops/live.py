@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from twisted.internet import defer
@@ -15,6 +16,7 @@ from zope.interface import implementer
 from twinkly.backend import BackendError, connect_backend
 from twinkly.config import BackendConfig, Config, load
 from twinkly.ops.status import IStatus
+from twinkly.ops.trace import ProtocolTrace, trace_when_idle
 from twinkly.proxy import ProxyFactory, make_router
 
 log = Logger()
@@ -189,6 +191,36 @@ class LiveStatus:
         count = len(book.entries)
         book.reset()
         return count
+
+    def trace(self, session_id: int, on: bool) -> str:
+        entry = self.factory.sessions.get(session_id)
+        if entry is None:
+            raise KeyError(f"no session {session_id}")
+        session = entry[1]
+        trace = self._protocol_trace()
+        if not on:
+            trace.untrace_session(session_id)
+            return f"session {session_id} is no longer traced"
+        trace.trace_session(session_id)
+        if not session.traced:
+            trace_when_idle(session, trace, session_id)
+        return f"tracing session {session_id} into {trace.path} from its next message"
+
+    def _protocol_trace(self) -> ProtocolTrace:
+        """The trace file; opened at the first request when debug.log-protocol is off
+        (then only the sessions asked for are traced)."""
+        if self.factory.trace is None:
+            debug = self.factory.config.debug
+            path = Path(debug.log_protocol_file)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.factory.trace = ProtocolTrace(
+                str(path),
+                debug.log_protocol_max_bytes,
+                self.reactor.seconds,
+                redact=self.factory.config.reporting.redact,
+                sessions=frozenset(),
+            )
+        return self.factory.trace
 
     def reload(self) -> list:
         """Re-read the file and apply what can change without dropping a session;

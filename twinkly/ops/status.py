@@ -46,6 +46,10 @@ class IStatus(Interface):
     def reset_timings() -> int:
         """Forget every fingerprint's latency histograms; returns how many there were."""
 
+    def trace(session_id: int, on: bool) -> str:
+        """Start (or stop) a protocol trace of one running session; says where it goes.
+        Raises KeyError for an unknown session."""
+
     def reload() -> list:
         """Re-read the configuration file and apply what can change live; returns the
         keys that changed. Raises twinkly.config.ConfigError naming a bad key."""

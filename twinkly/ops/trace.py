@@ -333,7 +333,9 @@ def attach_trace(
     ``"target"``: recorded before the session had an id), traced first; their lines
     carry the time they were traced, not the time they crossed the wire."""
     legs = {
-        (name, direction): trace.leg(session_id, name, direction, startup=direction == ">")
+        (name, direction): trace.leg(
+            session_id, name, direction, startup=direction == ">" and started is not None
+        )
         for name in ("client", "truth", "target")
         for direction in (">", "<")
     }
@@ -348,6 +350,7 @@ def attach_trace(
 
         return traced
 
+    session.traced = True
     session.client_data = tee(legs[("client", ">")], session.client_data)
     session._to_client = tee(legs[("client", "<")], session._to_client)
     session._to_truth = tee(legs[("truth", ">")], session._to_truth)
@@ -355,3 +358,33 @@ def attach_trace(
     session.truth.on_data = tee(legs[("truth", "<")], session.truth.on_data)
     if session.target is not None:
         session.target.on_data = tee(legs[("target", "<")], session.target.on_data)
+
+
+def trace_when_idle(session: Any, trace: ProtocolTrace, session_id: int) -> None:
+    """Trace a running session from the next point where all its streams are between
+    two messages, so that each leg's decoder starts in step. Until then the session's
+    readers are wrapped to look after each chunk (untraced sessions pay nothing)."""
+    if session.at_message_boundary():
+        attach_trace(session, trace, session_id)
+        return
+    target = session.target
+    plain = (session.client_data, session.truth.on_data, target.on_data if target else None)
+
+    def unwrap() -> None:
+        session.client_data, session.truth.on_data = plain[0], plain[1]
+        if target is not None:
+            target.on_data = plain[2]
+
+    def checked(handler: Callable[[bytes], Any]) -> Callable[[bytes], None]:
+        def read(data: bytes) -> None:
+            handler(data)
+            if not session.traced and session.at_message_boundary():
+                unwrap()
+                attach_trace(session, trace, session_id)
+
+        return read
+
+    session.client_data = checked(plain[0])
+    session.truth.on_data = checked(plain[1])
+    if target is not None:
+        target.on_data = checked(plain[2])

@@ -107,6 +107,11 @@ class MessageFramer:
     def limit(self) -> int:
         return self._max
 
+    @property
+    def pending(self) -> int:
+        """Bytes of a message not yet complete (0: the stream is at a message boundary)."""
+        return self._held
+
 
 class StartupFramer:
     """Frames the untagged start-up phase: int32 length + body, no type byte.
