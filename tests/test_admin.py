@@ -269,6 +269,30 @@ class ShowTests(ConsoleTestCase):
         _, rows = self.table("SHOW MISMATCHES")
         self.assertEqual([r[2] for r in rows], kinds[:5])
 
+    def test_slow_statements_with_their_likely_cause(self) -> None:
+        self.status.event_list = [
+            event(
+                1,
+                "slow_query",
+                ratio=40.5,
+                truth={"elapsed_ms": 2.0},
+                target={"elapsed_ms": 81.0},
+                insights=[{"kind": "missing_index", "message": "no index on t(a) on pg18?"}],
+            ),
+            event(2, "slow_query", ratio=None, truth=None, target=None, insights=[]),
+        ]
+        columns, rows = self.table("show slow")
+        self.assertEqual(self.status.calls, [("events", "slow_query", 50, None)])
+        self.assertEqual(
+            [name for name, _ in columns],
+            [
+                *("id", "time", "fingerprint", "statement", "ratio", "truth_ms", "target_ms"),
+                "likely_cause",
+            ],
+        )
+        self.assertEqual(rows[0][3:], ("select 1", "40.5", "2", "81", "no index on t(a) on pg18?"))
+        self.assertEqual(rows[1][4:], (None, None, None, None))
+
     def test_fingerprints(self) -> None:
         columns, rows = self.table("SHOW FINGERPRINTS")
         self.assertEqual(
@@ -287,7 +311,7 @@ class ShowTests(ConsoleTestCase):
         self.assertEqual(
             rows,
             [
-                ("50fde20626009aba", "SELECT $1", "10", "2", "t", "1.5", "3.0", "2.0"),
+                ("50fde20626009aba", "SELECT $1", "10", "2", "t", "1.5", "3", "2"),
                 ("00000000000000ff", "<unparsed>", "1", "0", "f", None, "0.25", None),
             ],
         )
@@ -300,7 +324,7 @@ class ShowTests(ConsoleTestCase):
         self.status.fingerprints = lambda: rows
         _, answer = self.table("SHOW FINGERPRINTS")
         self.assertEqual(answer[0][7], "Infinity")
-        self.assertEqual((answer[1][5], answer[1][7]), ("2.0", "NaN"))
+        self.assertEqual((answer[1][5], answer[1][7]), ("2", "NaN"))  # as select 2::float8
 
     def test_config(self) -> None:
         columns, rows = self.table("SHOW CONFIG")

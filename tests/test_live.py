@@ -157,3 +157,29 @@ class LiveStatusTests(SynchronousTestCase):
         self.assertIn("comparison.slow-query-ratio", keys)
         self.assertIn("comparison.explain.statement-timeout", keys)
         self.assertEqual(keys["proxy.flow.max-target-ahead"], 10)
+
+    def test_large_plans_stay_in_the_file_only(self) -> None:
+        from twinkly.compare import monitor as m
+
+        monitor = self.factory.monitor
+        small = {"truth": [{"Plan": {}}], "target": [{"Plan": {}}]}
+        large = {"truth": [{"Plan": {"Filter": "x" * m.RECENT_PLAN_BYTES}}], "target": None}
+        for plans in (small, large):
+            monitor.emit(
+                make_event(
+                    "slow_query",
+                    now=1_700_000_000,
+                    session=1,
+                    statement="s",
+                    fingerprint="f",
+                    truth=None,
+                    target=None,
+                    plans=plans,
+                )
+            )
+        kept_large, kept_small = self.status.events(kind="slow_query")
+        self.assertEqual(kept_small["plans"], small)
+        self.assertEqual(kept_large["plans"], {"truth": None, "target": None})
+        self.assertIn("see event", kept_large["plans_omitted"])
+        written = list(monitor.sink.events)  # the report itself keeps everything
+        self.assertEqual(written[1]["plans"], large)

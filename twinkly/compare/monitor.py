@@ -3,6 +3,7 @@ the tables tainted by diverging writes, and the counters that keep outcomes apar
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections import Counter, deque
@@ -19,6 +20,7 @@ from twinkly.report.sink import IEventSink
 # Every compared statement ends in exactly one of these, so metrics never lie:
 # an ignored mismatch is not a match, and dropped work is counted.
 RECENT_EVENTS = 1000  # kept in memory for the status pages and the admin console
+RECENT_PLAN_BYTES = 32 * 1024  # larger plans are left out of the in-memory copy
 MAX_FINGERPRINTS = 10_000  # mismatching fingerprints counted one by one
 
 OUTCOMES = (
@@ -93,7 +95,7 @@ class Monitor:
         if kind in MISMATCH_KINDS and fingerprint is not None and counted:
             self.mismatches[fingerprint] += 1
             self.statements.setdefault(fingerprint, event.get("statement") or "")
-        self.recent.append(event)
+        self.recent.append(_kept_in_memory(event))
         self.sink.emit(event)
         return True
 
@@ -126,3 +128,16 @@ class Monitor:
         """The first diverging write to any of ``tables``, if one is known."""
         causes = [self.tainted[t] for t in tables if t in self.tainted]
         return min(causes) if causes else None  # ids sort by time: the earliest
+
+
+def _kept_in_memory(event: dict) -> dict:
+    """The event as the status pages keep it: plans larger than RECENT_PLAN_BYTES stay
+    in the events file only, so the ring of recent events is bounded in bytes too."""
+    plans = event.get("plans")
+    if not plans:
+        return event
+    size = len(json.dumps(plans, default=str))
+    if size <= RECENT_PLAN_BYTES:
+        return event
+    omitted = f"{size} bytes of plans: see event {event['id']} in the events file"
+    return {**event, "plans": {"truth": None, "target": None}, "plans_omitted": omitted}

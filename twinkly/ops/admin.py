@@ -46,6 +46,7 @@ HELP = (
     ("SHOW STATS", "sessions, statements, outcomes and event counts, uptime"),
     ("SHOW SESSIONS", "the client sessions"),
     ("SHOW MISMATCHES", f"the last {MISMATCHES_SHOWN} mismatch events"),
+    ("SHOW SLOW", f"the last {MISMATCHES_SHOWN} slow statements and their likely cause"),
     ("SHOW FINGERPRINTS", "statements by fingerprint: executions, mismatches, latency"),
     ("SHOW CONFIG", "the effective configuration (secrets hidden)"),
     ("SHOW HELP", "this list"),
@@ -100,7 +101,8 @@ def _float_text(value: float) -> str:
         return "NaN"
     if math.isinf(value):
         return "Infinity" if value > 0 else "-Infinity"
-    return repr(value)
+    text = repr(float(value))  # shortest round-trip digits, as PostgreSQL 12+ writes them
+    return text[:-2] if text.endswith(".0") else text  # ... and 2, not 2.0
 
 
 def _timestamptz(value: float | str) -> str:
@@ -152,6 +154,7 @@ class AdminConsole:
             "stats": self._stats,
             "sessions": self._sessions,
             "mismatches": self._mismatches,
+            "slow": self._slow,
             "fingerprints": self._fingerprints,
             "config": self._config,
             "help": self._help,
@@ -261,6 +264,25 @@ class AdminConsole:
         columns = [("id", TEXT), ("time", TIMESTAMPTZ), ("kind", TEXT)]
         columns += [("fingerprint", TEXT), ("statement", TEXT), ("reason", TEXT)]
         return _rows(columns, _pick(columns, chosen))
+
+    def _slow(self) -> list[object]:
+        events = self.status.events(kind="slow_query", limit=MISMATCHES_SHOWN)
+        columns = [("id", TEXT), ("time", TIMESTAMPTZ), ("fingerprint", TEXT)]
+        columns += [("statement", TEXT), ("ratio", FLOAT8), ("truth_ms", FLOAT8)]
+        columns += [("target_ms", FLOAT8), ("likely_cause", TEXT)]
+        flat = [
+            {
+                **e,
+                "truth_ms": (e.get("truth") or {}).get("elapsed_ms"),
+                "target_ms": (e.get("target") or {}).get("elapsed_ms"),
+                "likely_cause": next(
+                    (i.get("message") for i in e.get("insights") or [] if isinstance(i, dict)),
+                    None,
+                ),
+            }
+            for e in events
+        ]
+        return _rows(columns, _pick(columns, flat))
 
     def _fingerprints(self) -> list[object]:
         columns = [("fingerprint", TEXT), ("statement", TEXT), ("executions", INT8)]
