@@ -151,6 +151,28 @@ def test_equal_speed_gives_no_slow_event(watching) -> None:
     assert [e for e in events.new(settle=1.0) if e["kind"] == "slow_query"] == []
 
 
+def test_a_volatile_user_operator_in_the_database_means_no_analyze(watching, orders) -> None:
+    """The SQL text names an operator, not the function behind it: while a volatile one
+    exists outside pg_catalog, nothing is EXPLAIN ANALYZEd (the function would run)."""
+    proxy, events = watching
+    for dsn in orders:
+        direct(
+            dsn,
+            "create function bumped(int, int) returns boolean volatile language sql"
+            " as 'insert into calls default values returning $1 = $2'",
+            "create operator === (function = bumped, leftarg = int, rightarg = int)",
+        )
+    try:
+        with psycopg.connect(proxy.dsn(), autocommit=True) as conn:
+            rows = conn.execute("select count(*) from orders where customer_id = 66").fetchall()
+        assert rows == [(100,)]
+        event = slow_event(events, "customer_id = 66")
+        assert event["analyzed"] == {"truth": False, "target": False}
+    finally:
+        for dsn in orders:
+            direct(dsn, "drop operator === (int, int)", "drop function bumped(int, int)")
+
+
 @pytest.fixture(scope="module")
 def failing(servers, tmp_path_factory, orders):
     proxy, events = start(

@@ -178,25 +178,30 @@ def _run(backend: BackendProtocol, data: bytes) -> defer.Deferred:
 
 @defer.inlineCallbacks
 def _plain_tables(backend: BackendProtocol, relations: tuple[tuple[str, ...], ...]):  # type: ignore[no-untyped-def]
-    """Whether every relation read is a plain table or materialized view without row
-    security: a view or a policy could run functions the SQL text does not show. Names
-    are quoted exactly as the statement named them; another database's is refused."""
-    if not relations:
-        return True
+    """Whether running the statement can only read: every relation it reads is a plain
+    table or materialized view without row security (a view or a policy could call any
+    function), and no operator or cast outside pg_catalog is volatile (the SQL text names
+    operators and casts, not the functions behind them; checked for the whole database,
+    which is conservative). Names are quoted exactly as the statement wrote them; another
+    database's table is refused."""
     if any(len(parts) > 2 for parts in relations):
         return False
     names = ", ".join(_literal(".".join(_identifier(p) for p in parts)) for parts in relations)
-    rows = yield _run(
-        backend,
-        encode(
-            Query(
-                f"SELECT count(*) FROM unnest(ARRAY[{names}]::text[]) AS r(name)"
-                " LEFT JOIN pg_catalog.pg_class c ON c.oid = pg_catalog.to_regclass(r.name)"
-                " WHERE c.oid IS NULL OR c.relkind NOT IN ('r', 'm', 'p') OR c.relrowsecurity"
-            )
-        ),
-    )
+    rows = yield _run(backend, encode(Query(_SAFETY_CHECK.format(names=names or "NULL"))))
     return rows == [["0"]]
+
+
+_SAFETY_CHECK = (
+    "SELECT (SELECT count(*) FROM unnest(ARRAY[{names}]::text[]) AS r(name)"
+    " LEFT JOIN pg_catalog.pg_class c ON c.oid = pg_catalog.to_regclass(r.name)"
+    " WHERE r.name IS NOT NULL"
+    " AND (c.oid IS NULL OR c.relkind NOT IN ('r', 'm', 'p') OR c.relrowsecurity))"
+    " + (SELECT count(*) FROM pg_catalog.pg_operator o"
+    " JOIN pg_catalog.pg_proc p ON p.oid = o.oprcode"
+    " WHERE p.provolatile = 'v' AND o.oprnamespace <> 'pg_catalog'::pg_catalog.regnamespace)"
+    " + (SELECT count(*) FROM pg_catalog.pg_cast k JOIN pg_catalog.pg_proc p ON p.oid = k.castfunc"
+    " WHERE p.provolatile = 'v' AND p.pronamespace <> 'pg_catalog'::pg_catalog.regnamespace)"
+)
 
 
 def _identifier(name: str) -> str:
