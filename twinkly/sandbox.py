@@ -31,6 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
+from twinkly.quoting import quote_identifier, quote_literal
+
 PG15_BINDIR = Path("/usr/lib/postgresql/15/bin")
 PG18_VERSION = "18.6.0"
 PG18_DIRNAME = f"postgresql-{PG18_VERSION}-x86_64-unknown-linux-gnu"
@@ -215,15 +217,6 @@ def _write_certs(root: Path, uid: int, gid: int) -> Path:
     return root / "ca.pem"
 
 
-def _q(value: str) -> str:
-    """SQL / postgresql.conf string literal."""
-    return "'" + value.replace("'", "''") + "'"
-
-
-def _ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
 def _conninfo_value(value: str) -> str:
     if value and not any(c in value for c in " '\\"):
         return value
@@ -283,10 +276,10 @@ class Server:
         """Drop and recreate a database owned by twinkly, kicking out any connected sessions."""
         self.psql_admin(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-            f"WHERE datname = {_q(name)} AND pid <> pg_backend_pid();\n"
-            f"DROP DATABASE IF EXISTS {_ident(name)} WITH (FORCE);\n"
-            f"CREATE DATABASE {_ident(name)} OWNER twinkly;\n"
-            f"\\connect {_ident(name)}\n"
+            f"WHERE datname = {quote_literal(name)} AND pid <> pg_backend_pid();\n"
+            f"DROP DATABASE IF EXISTS {quote_identifier(name)} WITH (FORCE);\n"
+            f"CREATE DATABASE {quote_identifier(name)} OWNER twinkly;\n"
+            f"\\connect {quote_identifier(name)}\n"
             "GRANT ALL ON SCHEMA public TO PUBLIC;\n"
         )
 
@@ -328,9 +321,9 @@ def _conf(port: int, socket_dir: Path, certs: Path) -> str:
     return "\n".join(
         [
             "# --- twinkly sandbox: throwaway server, speed over durability",
-            f"listen_addresses = {_q(HOST)}",
+            f"listen_addresses = {quote_literal(HOST)}",
             f"port = {port}",
-            f"unix_socket_directories = {_q(str(socket_dir))}",
+            f"unix_socket_directories = {quote_literal(str(socket_dir))}",
             "max_connections = 200",
             "shared_buffers = 128MB",
             "fsync = off",
@@ -338,9 +331,9 @@ def _conf(port: int, socket_dir: Path, certs: Path) -> str:
             "full_page_writes = off",
             "password_encryption = 'scram-sha-256'",
             "ssl = on",
-            f"ssl_cert_file = {_q(str(certs / 'server.pem'))}",
-            f"ssl_key_file = {_q(str(certs / 'server.key'))}",
-            f"ssl_ca_file = {_q(str(certs / 'ca.pem'))}",
+            f"ssl_cert_file = {quote_literal(str(certs / 'server.pem'))}",
+            f"ssl_key_file = {quote_literal(str(certs / 'server.key'))}",
+            f"ssl_ca_file = {quote_literal(str(certs / 'ca.pem'))}",
             "log_line_prefix = '%m [%p] %q%u@%d '",
             "",
         ]
@@ -348,7 +341,7 @@ def _conf(port: int, socket_dir: Path, certs: Path) -> str:
 
 
 def _provision_sql() -> str:
-    pw = {name: _q(p) for name, p in USERS.items()}
+    pw = {name: quote_literal(p) for name, p in USERS.items()}
     roles = ", ".join(USERS)
     return f"""
 SET password_encryption = 'scram-sha-256';

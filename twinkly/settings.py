@@ -12,12 +12,9 @@ from __future__ import annotations
 from twisted.internet import defer
 
 from twinkly.backend import BackendProtocol
+from twinkly.quoting import quote_literal
 
 REPORTED = ("TimeZone", "DateStyle", "IntervalStyle")  # sent as ParameterStatus
-
-
-def _literal(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
 
 
 @defer.inlineCallbacks
@@ -35,7 +32,7 @@ def align_settings(
         if name.lower() in chosen or value is None:
             continue
         if target.server_parameters.get(name) != value:
-            statements.append(f"SET {name} = {_literal(value)}")
+            statements.append(f"SET {name} = {quote_literal(value)}")
     if statements:
         yield target.run_query("; ".join(statements))
     return statements

@@ -25,6 +25,7 @@ from twisted.python.failure import Failure
 from twinkly.backend import BackendError, BackendProtocol
 from twinkly.config import BackendConfig, ExplainConfig
 from twinkly.perf.plans import parse_plan
+from twinkly.quoting import quote_identifier, quote_literal
 from twinkly.wire.buffers import Reader
 from twinkly.wire.framing import ProtocolViolation
 from twinkly.wire.frontend import Bind, Execute, Parse, Query, Sync, encode
@@ -186,7 +187,9 @@ def _plain_tables(backend: BackendProtocol, relations: tuple[tuple[str, ...], ..
     database's table is refused."""
     if any(len(parts) > 2 for parts in relations):
         return False
-    names = ", ".join(_literal(".".join(_identifier(p) for p in parts)) for parts in relations)
+    names = ", ".join(
+        quote_literal(".".join(quote_identifier(p) for p in parts)) for parts in relations
+    )
     rows = yield _run(backend, encode(Query(_SAFETY_CHECK.format(names=names or "NULL"))))
     return rows == [["0"]]
 
@@ -202,14 +205,6 @@ _SAFETY_CHECK = (
     " + (SELECT count(*) FROM pg_catalog.pg_cast k JOIN pg_catalog.pg_proc p ON p.oid = k.castfunc"
     " WHERE p.provolatile = 'v' AND p.pronamespace <> 'pg_catalog'::pg_catalog.regnamespace)"
 )
-
-
-def _identifier(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
-def _literal(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
 
 
 def _explain_messages(request: ExplainRequest, analyze: bool) -> bytes:

@@ -18,7 +18,6 @@ both sides instead (:data:`PORTABLE_DIGEST` names it).
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import hashlib
 import json
@@ -37,6 +36,7 @@ from zope.interface import implementer
 
 from twinkly.report.events import json_default
 from twinkly.report.sink import IEventSink
+from twinkly.report.writer import QueuedWriter
 
 _log = Logger(namespace="twinkly.report")
 
@@ -128,7 +128,7 @@ def encode_bundle(bundle: dict[str, Any]) -> bytes:
 
 
 @implementer(IEventSink)
-class BundleWriter:
+class BundleWriter(QueuedWriter):
     """Writes ``<directory>/<fingerprint>.json`` for the first mismatch of each fingerprint.
 
     At most ``max_bundles`` fingerprints get a bundle (later new ones count in ``overflow``);
@@ -158,19 +158,12 @@ class BundleWriter:
         self.max_bundle_bytes = max_bundle_bytes
         self.max_queue_bytes = max_queue_bytes
         self.redacted = redacted
-        self._call_in_reactor = call_in_reactor
+        super().__init__(call_in_reactor)
         self.occurrences: dict[str, int] = {}
         self.overflow = 0
         self.written = 0
         self.existing = 0
-        self.dropped = 0
-        self._queue: collections.deque[tuple[str, bytes]] = collections.deque()
-        self._queued_bytes = 0
-        self._cond = threading.Condition(threading.Lock())
         self._thread: threading.Thread | None = None
-        self._closing = False
-        self._finished = False
-        self._waiters: list[Deferred[None]] = []
 
     # --- reactor thread -----------------------------------------------------------------
 
@@ -227,14 +220,7 @@ class BundleWriter:
             if self._finished or self._thread is None:
                 self._finished = True
                 return succeed(None)
-            d: Deferred[None] = Deferred()
-            self._waiters.append(d)
-            self._cond.notify()
-        return d
-
-    @property
-    def queued(self) -> int:
-        return len(self._queue)
+            return self._wait_for_finish()
 
     # --- writer thread ------------------------------------------------------------------
 
@@ -292,17 +278,6 @@ class BundleWriter:
                 os.unlink(temporary)
         with self._cond:
             setattr(self, outcome, getattr(self, outcome) + 1)
-
-    def _finish(self) -> None:
-        with self._cond:
-            self._closing = True
-            self._finished = True
-            self.dropped += len(self._queue)  # only after a crash: normally empty
-            self._queue.clear()
-            self._queued_bytes = 0
-            waiters, self._waiters = self._waiters, []
-        for d in waiters:
-            self._call_in_reactor(d.callback, None)
 
 
 def _kind(event: object) -> object:

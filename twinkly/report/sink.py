@@ -30,6 +30,7 @@ from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
 from twinkly.report.events import encode_event
+from twinkly.report.writer import QueuedWriter
 
 _log = Logger(namespace="twinkly.report")
 
@@ -45,7 +46,7 @@ class IEventSink(Interface):
 
 
 @implementer(IEventSink)
-class JsonLinesSink:
+class JsonLinesSink(QueuedWriter):
     """Appends one JSON object per line to ``path``; never truncates or deletes it.
 
     ``emitted`` counts events given to :meth:`emit`, ``written`` those on disk, ``dropped``
@@ -70,17 +71,10 @@ class JsonLinesSink:
         self.max_queue_bytes = max_queue_bytes
         self.batch_bytes = batch_bytes
         self.retry_interval = retry_interval
-        self._call_in_reactor = call_in_reactor or reactor.callFromThread
+        super().__init__(call_in_reactor or reactor.callFromThread)
         self.emitted = 0
         self.written = 0
-        self.dropped = 0
         self.write_errors = 0
-        self._queue: collections.deque[bytes] = collections.deque()
-        self._queued_bytes = 0
-        self._cond = threading.Condition(threading.Lock())
-        self._closing = False
-        self._finished = False
-        self._waiters: list[Deferred[None]] = []
         self._burst_drops = 0  # drops since the queue last had room
         self._fd: int | None = None
         self._failing = False  # writer thread only: inside a streak of write errors
@@ -142,16 +136,7 @@ class JsonLinesSink:
         with self._cond:
             if self._finished:
                 return succeed(None)
-            d: Deferred[None] = Deferred()
-            self._waiters.append(d)
-            self._closing = True
-            self._cond.notify()
-        return d
-
-    @property
-    def queued(self) -> int:
-        """Events waiting for the writer thread."""
-        return len(self._queue)
+            return self._wait_for_finish()
 
     # --- writer thread ------------------------------------------------------------------
 
@@ -275,17 +260,6 @@ class JsonLinesSink:
         finally:
             with contextlib.suppress(OSError):
                 os.close(fd)
-
-    def _finish(self) -> None:
-        with self._cond:
-            self._closing = True
-            self._finished = True
-            self.dropped += len(self._queue)  # only after a crash: normally empty
-            self._queue.clear()
-            self._queued_bytes = 0
-            waiters, self._waiters = self._waiters, []
-        for d in waiters:
-            self._call_in_reactor(d.callback, None)
 
 
 @implementer(IEventSink)
