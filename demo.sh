@@ -4,4 +4,4 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 scripts/bootstrap.sh
-exec .venv/bin/python -m twinkly.demo
+exec .venv/bin/python -m devtools.demo

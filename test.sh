@@ -6,7 +6,5 @@ set -euo pipefail
 cd "$(dirname "$0")"
 scripts/bootstrap.sh
 scripts/test-tools.sh
-unit_tests=$(grep -l "SynchronousTestCase" tests/test_*.py)
-# shellcheck disable=SC2086
-PYTHONPATH=tests .venv/bin/trial $unit_tests
+.venv/bin/trial tests.unit
 exec .venv/bin/python -m pytest -q "$@"

@@ -14,10 +14,10 @@ import argparse
 import time
 
 from twinkly.compare.comparator import Comparator
-from twinkly.compare.monitor import ComparisonSettings, Monitor
+from twinkly.compare.shared_state import ComparisonSettings, Monitor
 from twinkly.perf.latency import SlowQuerySettings
 from twinkly.report.sink import MemorySink
-from twinkly.responses import StatementResult
+from twinkly.tracking.responses import StatementResult
 from twinkly.wire.frontend import Bind
 
 SIMPLE = "SELECT abalance FROM pgbench_accounts WHERE aid = {};"

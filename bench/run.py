@@ -34,8 +34,8 @@ import psutil
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # `python bench/run.py` puts bench/, not the repo, on sys.path
 
-from twinkly.pgbouncer import run_pgbouncer, stop_pgbouncer  # noqa: E402
-from twinkly.sandbox import HOST, PG15_BINDIR, USERS, Sandbox, Server  # noqa: E402
+from devtools.pgbouncer import run_pgbouncer, stop_pgbouncer  # noqa: E402
+from devtools.sandbox import HOST, PG15_BINDIR, USERS, Sandbox, Server  # noqa: E402
 
 USER, PASSWORD, DBNAME = "twinkly", USERS["twinkly"], "app"
 # One client build for every target, so client-side cost is identical everywhere.

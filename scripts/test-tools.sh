@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs the Debian packages the tests drive besides PostgreSQL (which twinkly/sandbox.py
+# Installs the Debian packages the tests drive besides PostgreSQL (which devtools/sandbox.py
 # installs itself): headless Chromium and its WebDriver for the dashboard test, and
 # docker-compose to check docker/compose.yml (no Docker engine is needed for that).
 set -euo pipefail

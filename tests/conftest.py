@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from twinkly.sandbox import Sandbox, Server
+from devtools.sandbox import Sandbox, Server
 
 E2E_DIR = Path(__file__).resolve().parent / "e2e"
 for helpers in (E2E_DIR, E2E_DIR.parent):  # helper modules of the tests, importable by name

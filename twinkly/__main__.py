@@ -14,8 +14,8 @@ from typing import IO
 
 # name -> (module, one-line help). Modules are imported only to build the parser.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "report": ("twinkly.report.cli", "summarise a report file (JSON lines) by fingerprint"),
-    "recheck": ("twinkly.report.recheck", "re-run repro bundles on both databases, compare again"),
+    "report": ("twinkly.cli.report", "summarise a report file (JSON lines) by fingerprint"),
+    "recheck": ("twinkly.cli.recheck", "re-run repro bundles on both databases, compare again"),
 }
 
 

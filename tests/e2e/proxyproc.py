@@ -18,7 +18,7 @@ from typing import Any
 
 from pgwire import free_port
 
-from twinkly.sandbox import Server
+from devtools.sandbox import Server
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TWISTD = Path(sys.executable).with_name("twistd")

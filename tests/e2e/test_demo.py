@@ -28,7 +28,7 @@ def test_demo_runs_and_stops_cleanly(tmp_path: Path) -> None:
     )
     log = open(tmp_path / "demo.log", "wb")  # noqa: SIM115 - closed below
     demo = subprocess.Popen(
-        [sys.executable, "-m", "twinkly.demo"],
+        [sys.executable, "-m", "devtools.demo"],
         cwd=tmp_path,
         env=env,
         stdout=log,

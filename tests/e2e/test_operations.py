@@ -18,7 +18,7 @@ import pytest
 from pgwire import free_port
 from proxyproc import start_proxy_process
 
-from twinkly.sandbox import PG15_BINDIR
+from devtools.sandbox import PG15_BINDIR
 
 pytestmark = pytest.mark.backends
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from twinkly.sandbox import Server
+from devtools.sandbox import Server
 
 pytestmark = pytest.mark.backends
 

@@ -17,9 +17,9 @@ import psycopg
 import pytest
 
 from twinkly.__main__ import main
+from twinkly.cli.recheck import COULD_NOT_RUN, NOW_EQUAL, recheck_bundle
 from twinkly.report.bundles import BundleWriter
 from twinkly.report.events import make_event
-from twinkly.report.recheck import COULD_NOT_RUN, NOW_EQUAL, recheck_bundle
 from twinkly.wire.backend import Column
 
 pytestmark = pytest.mark.backends

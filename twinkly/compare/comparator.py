@@ -17,17 +17,9 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from twinkly.compare.describe import (
-    bound_parameters,
-    difference,
-    statement_text,
-    summary,
-)
-from twinkly.compare.monitor import Monitor
 from twinkly.compare.rows import Ordering, compare_columns, compare_rows
-from twinkly.compare.sql import StatementInfo
+from twinkly.compare.shared_state import Monitor
 from twinkly.compare.values import decode_columns
-from twinkly.pairing import IPairObserver
 from twinkly.perf.latency import NOTHING
 from twinkly.perf.timing import (
     TIMED,
@@ -38,9 +30,17 @@ from twinkly.perf.timing import (
     remember,
     timings,
 )
+from twinkly.report.describe import (
+    bound_parameters,
+    difference,
+    statement_text,
+    summary,
+)
 from twinkly.report.events import make_event
-from twinkly.responses import SYNC_SUB, StatementResult, SyncPoint
-from twinkly.statements import INTERNAL
+from twinkly.sql.analysis import StatementInfo
+from twinkly.tracking.contexts import INTERNAL
+from twinkly.tracking.pairing import IPairObserver
+from twinkly.tracking.responses import SYNC_SUB, StatementResult, SyncPoint
 
 log = Logger()
 

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 from twisted.logger import Logger
 
-from twinkly.config import ConfigError
+from twinkly.config.schema import ConfigError
 from twinkly.ops.status import IStatus
 from twinkly.report.events import MISMATCH_KINDS
 from twinkly.wire.backend import (

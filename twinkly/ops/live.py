@@ -13,11 +13,11 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from twinkly.backend import BackendError, connect_backend
-from twinkly.config import BackendConfig, Config, load
+from twinkly.config.schema import BackendConfig, Config, load
 from twinkly.ops.status import IStatus
 from twinkly.ops.trace import ProtocolTrace, trace_when_idle
-from twinkly.proxy import ProxyFactory, make_router
+from twinkly.proxy.backend import BackendError, connect_backend
+from twinkly.proxy.factory import ProxyFactory, make_router
 
 log = Logger()
 

@@ -20,7 +20,7 @@ from prometheus_client.core import (
 )
 
 from twinkly.perf.latency import LatencyHistogram
-from twinkly.session import session_counters
+from twinkly.proxy.session import session_counters
 
 # Upper bounds of the latency histograms' buckets, in seconds.
 BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)

@@ -11,9 +11,9 @@ from typing import Any
 from twisted.application import internet, service
 from twisted.logger import Logger
 
-from twinkly.config import ConfigError
+from twinkly.config.schema import ConfigError
 from twinkly.ops.live import LiveStatus
-from twinkly.proxy import ProxyFactory
+from twinkly.proxy.factory import ProxyFactory
 
 log = Logger()
 
@@ -27,7 +27,7 @@ def attach_operations(
 ) -> LiveStatus:
     """Add what ``monitoring`` and ``debug`` ask for under ``top``; returns the status
     the admin console, the dashboard and the manhole share."""
-    from twinkly.tap import apply_comparison
+    from twinkly.app.tap import apply_comparison
 
     config = factory.config
     status = LiveStatus(factory, reactor, config_path, lambda c: apply_comparison(factory, c))

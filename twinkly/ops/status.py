@@ -15,7 +15,7 @@ class IStatus(Interface):
         """Live totals: ``{"sessions": int, "statements": int, "outcomes": {outcome: int},
         "events": {kind: int}, "backends": {"truth": label, "target": label},
         "uptime_s": float}``. ``outcomes`` keys are those of
-        twinkly.compare.monitor.OUTCOMES plus "one_sided_error"."""
+        twinkly.compare.shared_state.OUTCOMES plus "one_sided_error"."""
 
     def events(kind: str | None = None, limit: int = 50, before: str | None = None) -> list:
         """Recent events (plain dicts as written to the report, newest first), at most
@@ -52,7 +52,7 @@ class IStatus(Interface):
 
     def reload() -> list:
         """Re-read the configuration file and apply what can change live; returns the
-        keys that changed. Raises twinkly.config.ConfigError naming a bad key."""
+        keys that changed. Raises twinkly.config.schema.ConfigError naming a bad key."""
 
     def ready():
         """A Deferred firing with ``(bool, {"truth": reason or None, "target": ...})``:

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, BinaryIO
 
-from twinkly.compare.sql import analyze
+from twinkly.sql.analysis import analyze
 from twinkly.wire import backend as b
 from twinkly.wire import frontend as f
 from twinkly.wire.framing import MessageFramer, ProtocolViolation, StartupFramer

@@ -22,10 +22,10 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from twinkly.backend import BackendError, BackendProtocol
-from twinkly.config import BackendConfig, ExplainConfig
+from twinkly.config.schema import BackendConfig, ExplainConfig
 from twinkly.perf.plans import parse_plan
-from twinkly.quoting import quote_identifier, quote_literal
+from twinkly.proxy.backend import BackendError, BackendProtocol
+from twinkly.sql.quoting import quote_identifier, quote_literal
 from twinkly.wire.buffers import Reader
 from twinkly.wire.framing import ProtocolViolation
 from twinkly.wire.frontend import Bind, Execute, Parse, Query, Sync, encode

@@ -3,12 +3,12 @@ and TW003 say. The comparator calls these for every pair both backends answered.
 
 from __future__ import annotations
 
-from twinkly.compare.describe import summary
-from twinkly.compare.sql import StatementInfo
 from twinkly.perf.explain import ExplainRequest
-from twinkly.perf.fingerprints import fingerprints
 from twinkly.perf.latency import FingerprintLatency, SlowQuerySettings
-from twinkly.responses import StatementResult
+from twinkly.report.describe import summary
+from twinkly.sql.analysis import StatementInfo
+from twinkly.sql.fingerprints import fingerprints
+from twinkly.tracking.responses import StatementResult
 
 # The requests that execute something. A Parse, Bind or Describe answer is only flushed
 # with the Execute's, so its time would be the Execute's; statements answered in one

@@ -2,7 +2,7 @@ from twisted.application.service import ServiceMaker
 
 twinkly = ServiceMaker(
     "Twinkly",
-    "twinkly.tap",
+    "twinkly.app.tap",
     "PostgreSQL proxy that runs every statement on two databases",
     "twinkly",
 )

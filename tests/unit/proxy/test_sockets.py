@@ -1,0 +1,60 @@
+"""immediate_writer: bytes leave at once when nothing is queued, and order is kept when
+something is. A real connected socket pair, a MemoryReactor, no reactor running."""
+
+from __future__ import annotations
+
+import socket
+
+from twisted.internet import tcp
+from twisted.internet.protocol import Protocol
+from twisted.internet.testing import MemoryReactor, StringTransport
+from twisted.trial.unittest import SynchronousTestCase
+
+from twinkly.proxy.sockets import immediate_writer
+
+
+class ImmediateWriterTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        ours, self.peer = socket.socketpair()
+        ours.setblocking(False)
+        self.peer.settimeout(5)
+        self.connection = tcp.Connection(ours, Protocol(), MemoryReactor())
+        self.connection.connected = True
+        self.write = immediate_writer(self.connection)
+        self.addCleanup(ours.close)
+        self.addCleanup(self.peer.close)
+
+    def read(self, size: int) -> bytes:
+        data = b""
+        while len(data) < size:
+            data += self.peer.recv(size - len(data))
+        return data
+
+    def test_sends_without_buffering(self) -> None:
+        self.write(b"hello")
+        self.assertEqual(self.read(5), b"hello")
+        self.assertEqual((self.connection.dataBuffer, self.connection._tempDataBuffer), (b"", []))
+
+    def test_queued_bytes_keep_their_order(self) -> None:
+        self.connection.write(b"first ")  # buffered by Twisted, not yet sent
+        self.write(b"second")
+        self.assertEqual(self.connection._tempDataBuffer, [b"first ", b"second"])
+        self.connection.doWrite()
+        self.assertEqual(self.read(12), b"first second")
+
+    def test_what_the_kernel_refuses_is_buffered(self) -> None:
+        self.connection.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        big = bytes(range(256)) * 8192  # 2 MiB: more than the socket takes at once
+        self.write(big)
+        queued = len(self.connection.dataBuffer) + self.connection._tempDataLen
+        self.assertGreater(queued, 0)
+        received = bytearray()
+        while len(received) < len(big):
+            if self.connection.dataBuffer or self.connection._tempDataBuffer:
+                self.connection.doWrite()
+            received += self.peer.recv(65536)
+        self.assertEqual(bytes(received), big)
+
+    def test_other_transports_use_their_own_write(self) -> None:
+        transport = StringTransport()
+        self.assertEqual(immediate_writer(transport), transport.write)

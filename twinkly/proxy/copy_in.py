@@ -1,0 +1,117 @@
+"""Keeping the target in step around COPY FROM STDIN that only one backend runs.
+
+The client sends COPY data only for the truth's COPY. A target that began a COPY the
+truth refused would wait for data that never comes, and take the client's next messages
+for COPY data; a target that refused a COPY the truth runs simply ignores the data. So
+after a statement that may start COPY FROM STDIN, the client's bytes are held from the
+target until both backends have shown how they answered it; if only the target copies,
+it gets CopyFail first. Bounded: past ``HOLD_BYTES`` the client is paused.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from twinkly.tracking.responses import SYNC_SUB
+from twinkly.wire.frontend import CopyFail, encode
+
+if TYPE_CHECKING:
+    from twinkly.proxy.session import Session
+
+HOLD_BYTES = 1024 * 1024  # client bytes held for the target before the client waits
+
+
+def may_copy_from(payload: bytes) -> bool:
+    """Whether a Query or Parse may start COPY FROM STDIN (a cheap, generous test)."""
+    lowered = payload.lower()
+    return b"copy" in lowered and b"stdin" in lowered
+
+
+class CopyAlignment:
+    """One session's COPY bookkeeping for its target."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self._held: list[bytes] | None = None
+        self._held_bytes = 0
+        self._key = 0  # result key of the statement that may copy
+
+    @property
+    def holding(self) -> bool:
+        return self._held is not None
+
+    def start(self, key: int) -> None:
+        self._held = []
+        self._held_bytes = 0
+        self._key = key
+
+    def hold(self, data: bytes) -> None:
+        """Keep the client's bytes from the target while it may be in COPY FROM STDIN."""
+        assert self._held is not None
+        self._held.append(data)
+        self._held_bytes += len(data)
+        if self._held_bytes > HOLD_BYTES:
+            self.session.gate.pause("copy-hold")
+
+    def check(self) -> None:
+        """Release the held bytes once both backends have shown how they answered the
+        COPY: if the target copies and the truth does not, end the target's COPY first
+        (the client will send no data for it); otherwise the bytes go on as they are."""
+        session = self.session
+        if self._held is None or session.target is None:
+            return
+        first, last = self._key, self._key | SYNC_SUB
+        target = session.target_tracker
+        target_copying = target.copy_in and first <= target.copy_key <= last
+        if not target_copying:
+            if target.last_key < first:
+                return  # the target has not answered the COPY statement yet
+        else:
+            copied = self.truth_copied(target.copy_key)
+            if copied is None:
+                return  # the truth has not answered that statement yet
+            if not copied:
+                self.fail_target_copy()
+                return
+        self.release()
+
+    def truth_copied(self, key: int) -> bool | None:
+        """Whether the truth ran the statement ``key`` as COPY FROM STDIN; None while
+        that is not known yet. The truth may be several statements ahead, so its answer
+        is looked up among its results still waiting for the target's."""
+        session = self.session
+        current = session.truth_tracker.current
+        if current is not None and current.key == key:
+            return True if current.copy == "in" else None
+        for item in session.pairer.truth_pending():
+            if item.key == key:
+                return getattr(item, "copy", None) == "in"
+            if item.key > key:
+                return False  # the truth went past it without a result: it skipped it
+        return False if session.truth_tracker.last_key >= key else None
+
+    def release(self) -> None:
+        held, self._held = self._held, None
+        for chunk in held or ():
+            self.session._to_target(chunk)
+        if held:
+            self.session.target_tracker.sent(self.session._tick())
+        self.session.gate.resume("copy-hold")
+
+    def fail_target_copy(self) -> None:
+        """End the target's COPY; what the client sent since then may follow it."""
+        message = "COPY ended by Twinkly: the source of truth did not run this COPY"
+        self.session._to_target(encode(CopyFail(message)))
+        self.session.target_tracker.copy_in = False
+        if self._held is not None:
+            self.release()
+
+    def check_target_copy(self) -> None:
+        """End a COPY FROM STDIN the target started but the truth did not (also when
+        nothing is held: the COPY may come from a statement not seen as one)."""
+        session = self.session
+        copying = session.target_tracker.current
+        if copying is None or copying.copy != "in" or session.target is None:
+            return
+        if self.truth_copied(copying.key) is False:
+            self.fail_target_copy()

@@ -1,0 +1,148 @@
+"""Pairing the two backends' results, statement by statement and sync point by sync point.
+
+Both backends receive the same messages in the same order, and every result carries the
+key of the client message (and statement) it answers. Each side's items arrive in key
+order, so the pairer merges the two streams: equal keys pair; an item whose key the
+other side has already passed has no partner (that backend skipped it, after an error,
+or ignored a Sync during COPY) and is reported as one-sided. No timer is involved.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+from zope.interface import Interface, implementer
+
+from twinkly.tracking.responses import Item, StatementResult, SyncPoint
+
+
+class IPairObserver(Interface):
+    """Receives what the pairer matched; the comparator implements this."""
+
+    def statements_paired(truth: StatementResult, target: StatementResult) -> None:
+        """Both backends answered the same request."""
+
+    def statement_unpaired(result: StatementResult, side: str) -> None:
+        """Only ``side`` ("truth" or "target") answered: the other skipped it after an error."""
+
+    def sync_paired(truth: SyncPoint, target: SyncPoint) -> None:
+        """Both backends reached the same ReadyForQuery."""
+
+    def pairing_abandoned(reason: str) -> None:
+        """The session stopped pairing (a cap was reached or a stream was lost)."""
+
+
+@implementer(IPairObserver)
+class PairCounter:
+    """The simplest observer: counts what was paired. Used when comparison is off."""
+
+    def __init__(self) -> None:
+        self.paired = 0
+        self.unpaired = {"truth": 0, "target": 0}
+        self.syncs = 0
+        self.abandoned: str | None = None
+
+    def statements_paired(self, truth: StatementResult, target: StatementResult) -> None:
+        self.paired += 1
+
+    def statement_unpaired(self, result: StatementResult, side: str) -> None:
+        self.unpaired[side] += 1
+
+    def sync_paired(self, truth: SyncPoint, target: SyncPoint) -> None:
+        self.syncs += 1
+
+    def pairing_abandoned(self, reason: str) -> None:
+        self.abandoned = reason
+
+
+class Pairer:
+    """Holds each side's finished items until the other side's counterpart arrives.
+
+    ``max_held`` bounds memory: when one side gets that far ahead, pairing for the
+    session is abandoned (reported once) and later items are dropped, while the
+    session itself goes on serving the client.
+    """
+
+    def __init__(self, observer: IPairObserver, max_held: int = 10000) -> None:
+        self._observer = observer
+        self.observer = observer
+        self._max_held = max_held
+        self._truth: deque[Item] = deque()
+        self._target: deque[Item] = deque()
+        self.abandoned: str | None = None
+        self.dropped = 0
+        self.unpaired_syncs = 0
+        self.truth_done_end = 0  # truth stream offset up to which everything was paired
+
+    @property
+    def truth_ahead(self) -> int:
+        """Truth items waiting for the target: how far the target lags."""
+        return len(self._truth)
+
+    @property
+    def target_ahead(self) -> int:
+        return len(self._target)
+
+    def truth_head(self) -> Item | None:
+        return self._truth[0] if self._truth else None
+
+    def truth_pending(self) -> deque[Item]:
+        """The truth's items still waiting for the target's, oldest first (read only)."""
+        return self._truth
+
+    def add_truth(self, item: Item) -> None:
+        if self.abandoned is not None:
+            self.dropped += 1
+            return
+        self._truth.append(item)
+        if self._target:
+            self._drain()
+        elif len(self._truth) > self._max_held:
+            self.abandon(f"the target fell more than {self._max_held} results behind")
+
+    def add_target(self, item: Item) -> None:
+        if self.abandoned is not None:
+            self.dropped += 1
+            return
+        self._target.append(item)
+        if self._truth:
+            self._drain()
+        elif len(self._target) > self._max_held:
+            self.abandon(f"the target ran more than {self._max_held} results ahead")
+
+    def abandon(self, reason: str) -> None:
+        if self.abandoned is not None:
+            return
+        self.abandoned = reason
+        self.dropped += len(self._truth) + len(self._target)
+        self._truth.clear()
+        self._target.clear()
+        self._observer.pairing_abandoned(reason)
+
+    def _drain(self) -> None:
+        truth, target, observer = self._truth, self._target, self._observer
+        while truth and target:
+            a, b = truth[0], target[0]
+            if a.key == b.key:
+                truth.popleft()
+                target.popleft()
+                self.truth_done_end = a.end
+                if type(a) is SyncPoint:
+                    observer.sync_paired(a, b)  # type: ignore[arg-type]
+                else:
+                    observer.statements_paired(a, b)  # type: ignore[arg-type]
+            elif a.key < b.key:
+                truth.popleft()
+                self.truth_done_end = a.end
+                self._one_sided(a, "truth")
+            else:
+                target.popleft()
+                self._one_sided(b, "target")
+
+    def _one_sided(self, item: Item, side: str) -> None:
+        if type(item) is SyncPoint:
+            self.unpaired_syncs += 1  # a Sync one backend ignored (during COPY)
+            if side == "truth" and hasattr(self._observer, "truth_sync_alone"):
+                self._observer.truth_sync_alone(item)
+        else:
+            self._observer.statement_unpaired(item, side)  # type: ignore[arg-type]
