@@ -3,9 +3,13 @@ StringTransport, a transport with TCP's extra methods, and frame decoders."""
 
 from __future__ import annotations
 
+from twisted.internet import defer
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 
+from twinkly.config.schema import loads
 from twinkly.proxy.backend import BackendProtocol
+from twinkly.proxy.factory import ProxyFactory
+from twinkly.tracking.pairing import PairCounter
 from twinkly.wire import backend as b
 from twinkly.wire import frontend as f
 from twinkly.wire.framing import MessageFramer
@@ -52,3 +56,33 @@ def ready_backend(config, label_status: str = "I") -> BackendProtocol:
     )
     transport.clear()
     return protocol
+
+
+class ClientHarness:
+    """A ProxyFactory whose backends are BackendProtocols on StringTransports."""
+
+    def __init__(self, config_text: str = CONFIG) -> None:
+        self.config = loads(config_text)
+        self.reactor = MemoryReactorClock()
+        self.observer = PairCounter()
+        self.factory = ProxyFactory(self.config, self.reactor, lambda: self.observer)
+        self.opening: defer.Deferred = defer.Deferred()
+        self.requested: list[dict[str, str]] = []
+
+        def open_backends(parameters, opened):
+            self.requested.append(parameters)
+            return self.opening
+
+        self.factory.open_backends = open_backends  # type: ignore[method-assign]
+        self.client = self.factory.buildProtocol(None)
+        self.transport = TCPStringTransport()
+        self.client.makeConnection(self.transport)
+
+    def startup(self, **params: str) -> None:
+        self.client.dataReceived(f.StartupMessage({"user": "alice", **params}).encode())
+
+    def connect_backends(self) -> tuple[BackendProtocol, BackendProtocol]:
+        truth = ready_backend(self.config.truth)
+        target = ready_backend(self.config.target)
+        self.opening.callback((truth, target))
+        return truth, target

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
@@ -19,8 +21,16 @@ class ProxyService(Service):
 
     name = "twinkly-proxy"
 
-    def __init__(self, factory: ProxyFactory, reactor: object) -> None:
+    def __init__(
+        self,
+        factory: ProxyFactory,
+        reactor: object,
+        monitor: Any = None,
+        tracer: Any = None,
+    ) -> None:
         self.factory = factory
+        self.monitor = monitor  # its events are flushed and closed at the end
+        self.tracer = tracer
         self.reactor = reactor
         self.port = None
 
@@ -79,7 +89,7 @@ class ProxyService(Service):
             yield _sleep(self.reactor, 0.05)
         for client in list(clients):
             client.transport.abortConnection()
-        monitor = self.factory.monitor
+        monitor = self.monitor
         if monitor is not None:
             # slow_query events still waiting for their plans (bounded by the EXPLAIN
             # statement_timeout): written before the report is closed.
@@ -97,8 +107,8 @@ class ProxyService(Service):
                     statement=statement[:200],
                 )
             yield monitor.sink.close()
-        if self.factory.trace is not None:
-            self.factory.trace.close()
+        if self.tracer is not None:
+            self.tracer.close()
 
 
 def _sleep(reactor: object, seconds: float) -> defer.Deferred:

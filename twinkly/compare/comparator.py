@@ -20,6 +20,7 @@ from zope.interface import implementer
 from twinkly.compare.rows import Ordering, compare_columns, compare_rows
 from twinkly.compare.shared_state import Monitor
 from twinkly.compare.values import decode_columns
+from twinkly.interfaces import IPairObserver, ISessionFacts, IVerdictListener
 from twinkly.perf.latency import NOTHING
 from twinkly.perf.timing import (
     TIMED,
@@ -39,7 +40,6 @@ from twinkly.report.describe import (
 from twinkly.report.events import make_event
 from twinkly.sql.analysis import StatementInfo
 from twinkly.tracking.contexts import INTERNAL
-from twinkly.tracking.pairing import IPairObserver
 from twinkly.tracking.responses import SYNC_SUB, StatementResult, SyncPoint
 
 log = Logger()
@@ -53,10 +53,15 @@ class Comparator:
     """Judges each pair of results of one session and writes an event per divergence."""
 
     def __init__(
-        self, monitor: Monitor, session_id: int | None, clock: Callable[[], float]
+        self,
+        monitor: Monitor,
+        facts: ISessionFacts | None,
+        verdicts: IVerdictListener | None,
+        clock: Callable[[], float],
     ) -> None:
         self.monitor = monitor
-        self.session_id = session_id
+        self._facts = facts  # the session's id, settings and side connections
+        self._verdicts = verdicts  # comparison.fail-on-differences / -slow-queries
         self.clock = clock
         self.last_event: dict | None = None
         self._in_transaction = False
@@ -64,12 +69,10 @@ class Comparator:
         self._last_divergence: str | None = None
         self._truth_last_tag: bytes | None = None
         self._random = random.Random()
-        self.enforcer: object | None = None  # comparison.fail-on-differences
-        self.holding = True  # whether the truth's answer is being held (events say)
-        # The truth session's settings (TimeZone, DateStyle...), for repro bundles.
-        self.session_settings: Callable[[], dict[str, str]] | None = None
-        # How to reach both backends as this session did, for EXPLAIN on the side.
-        self.sides: Callable[[], tuple] | None = None
+
+    @property
+    def session_id(self) -> int | None:
+        return self._facts.session_id if self._facts is not None else None
 
     # --- IPairObserver --------------------------------------------------------------
 
@@ -143,13 +146,13 @@ class Comparator:
                 )
             self._target_lost_transaction = None
         self._in_transaction = truth.status != "I"
-        if self.enforcer is not None:
-            self.enforcer.truth_synced(truth)
+        if self._verdicts is not None:
+            self._verdicts.synced(truth)
 
     def truth_sync_alone(self, truth: SyncPoint) -> None:
         """The truth reached a ReadyForQuery the target never gave (a Sync it ignored)."""
-        if self.enforcer is not None:
-            self.enforcer.truth_synced(truth)
+        if self._verdicts is not None:
+            self._verdicts.synced(truth)
 
     def pairing_abandoned(self, reason: str) -> None:
         log.warn(
@@ -274,7 +277,7 @@ class Comparator:
         verdict = book.record(fingerprint, statement, truth.elapsed, target.elapsed, self.clock())
         failing = (
             monitor.settings.fail_on_slow_queries
-            and self.enforcer is not None
+            and self._verdicts is not None
             and book.settings.slower(truth.elapsed, target.elapsed)
         )
         if verdict is NOTHING and not failing:
@@ -292,7 +295,7 @@ class Comparator:
             return
         if failing:
             provisional = again_event(truth, target, entry, self._labels)
-            self.enforcer.slow(written, provisional)  # type: ignore[union-attr]
+            self._verdicts.slow(written, provisional)  # type: ignore[union-attr]
 
     def _slow(
         self, truth: StatementResult, target: StatementResult, fingerprint: str, suppressed: int
@@ -311,11 +314,11 @@ class Comparator:
             "parameters": None if monitor.settings.redact else parameters,
             "parameter_formats": formats,
         }
-        if self.enforcer is not None:
-            fields["held"] = self.holding
+        if self._verdicts is not None:
+            fields["held"] = self._verdicts.holding
         written = monitor.slow.slow_query(
             fields,
-            self.sides() if self.sides else None,
+            self._facts.side_connections() if self._facts is not None else None,
             explain_request(truth, info),
             info.redacted if info is not None else None,
         )
@@ -343,11 +346,11 @@ class Comparator:
         one_sided = kind == "error_divergence" and (truth.error is None or target.error is None)
         self.monitor.count("one_sided_error" if one_sided else "mismatched")
         caused_by = self.monitor.cause_of(info.reads) if info is not None else None
-        if self.enforcer is not None:
-            fields["held"] = self.holding
+        if self._verdicts is not None:
+            fields["held"] = self._verdicts.holding
         event = self._event(kind, truth, target, info, caused_by=caused_by, **fields)
-        if self.enforcer is not None:
-            self.enforcer.mismatch(event)
+        if self._verdicts is not None:
+            self._verdicts.mismatch(event)
         return event
 
     def _event(self, kind: str, truth, target, info, **fields: object) -> dict:
@@ -362,7 +365,7 @@ class Comparator:
             parameters=None if monitor.settings.redact else parameters,
             parameter_formats=formats,
             parameter_types=list(truth.context[2]) if truth.context else None,
-            settings=self.session_settings() if self.session_settings else None,
+            settings=self._facts.truth_settings() if self._facts is not None else None,
             **fields,
         )
 

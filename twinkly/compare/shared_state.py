@@ -66,6 +66,7 @@ class Monitor:
         labels: tuple[str, str],
         cache: StatementCache | None = None,
         clock: Callable[[], float] = time.time,
+        slow: SlowQueryReporter | None = None,
     ) -> None:
         self.settings = settings
         self.sink = sink
@@ -75,8 +76,9 @@ class Monitor:
         self.events: Counter[str] = Counter()
         self.tainted: dict[str, str] = {}  # table -> id of the first diverging write
         self.latency = LatencyBook(settings.slow)
-        # Writes slow_query events; the service gives it an Explainer and insight providers.
-        self.slow = SlowQueryReporter(self.emit, clock, None)
+        # Writes slow_query events: with an Explainer and insight providers in the
+        # service (app.wiring), without plans otherwise.
+        self.slow = slow or SlowQueryReporter(self.emit, clock, None)
         self.muted: set[str] = set()  # fingerprints whose events are not written
         self.recent: deque[dict] = deque(maxlen=RECENT_EVENTS)  # for the status pages
         # Per fingerprint: mismatch events, and the statement (for the status pages).

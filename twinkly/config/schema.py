@@ -16,12 +16,23 @@ from pyhocon.exceptions import ConfigException
 from pyparsing import ParseBaseException
 
 from twinkly.config.hocon import ConfigError, Section
-from twinkly.proxy.auth import METHODS, ClientAuthConfig
 
 __all__ = ["Config", "ConfigError", "load", "loads"]
 
 TLS_MODES = ("disable", "prefer", "require", "verify-ca", "verify-full")
 BACKEND_KEYS = ("postgresql", "yugabytedb")
+
+
+METHODS = ("trust", "password", "md5", "scram-sha-256")  # client authentication
+
+
+@dataclass(frozen=True)
+class ClientAuthConfig:
+    method: str = "trust"  # one of METHODS
+    users: tuple[tuple[str, str], ...] = ()  # (name, password or md5 hash)
+
+    def password_of(self, user: str) -> str | None:
+        return dict(self.users).get(user)
 
 
 @dataclass(frozen=True)

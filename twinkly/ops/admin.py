@@ -14,8 +14,10 @@ import secrets
 from collections.abc import Callable, Iterable, Sequence
 
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from twinkly.config.schema import ConfigError
+from twinkly.interfaces import IAdminConsoles
 from twinkly.ops.status import IStatus
 from twinkly.report.events import MISMATCH_KINDS
 from twinkly.wire.backend import (
@@ -339,3 +341,26 @@ def admin_greeting() -> bytes:
     messages.append(BackendKeyData(secrets.randbelow(2**31 - 1) + 1, secrets.token_bytes(4)))
     messages.append(ReadyForQuery("I"))
     return _encode_all(messages)
+
+
+@implementer(IAdminConsoles)
+class AdminConsoles:
+    """The console of the virtual database ``proxy.admin.database``.
+
+    The status it shows reads the running proxy, which is built with these consoles:
+    so it is given as ``status_of``, asked for when a console opens."""
+
+    def __init__(self, users: tuple[str, ...], status_of: Callable[[], IStatus | None]) -> None:
+        self._users = frozenset(users)
+        self._status_of = status_of
+
+    def allowed(self, user: str) -> bool:
+        return user in self._users and self._status_of() is not None
+
+    def open(self) -> AdminConsole:
+        status = self._status_of()
+        assert status is not None
+        return AdminConsole(status)
+
+    def greeting(self) -> bytes:
+        return admin_greeting()

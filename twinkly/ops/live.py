@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from twisted.internet import defer
@@ -15,9 +14,9 @@ from zope.interface import implementer
 
 from twinkly.config.schema import BackendConfig, Config, load
 from twinkly.ops.status import IStatus
-from twinkly.ops.trace import ProtocolTrace, trace_when_idle
+from twinkly.ops.trace import SessionTracer
 from twinkly.proxy.backend import BackendError, connect_backend
-from twinkly.proxy.factory import ProxyFactory, make_router
+from twinkly.proxy.factory import ProxyFactory
 
 log = Logger()
 
@@ -76,11 +75,15 @@ class LiveStatus:
     def __init__(
         self,
         factory: ProxyFactory,
+        monitor: Any,
+        tracer: SessionTracer | None,
         reactor: Any,
         config_path: str | None,
         apply_comparison: Callable[[Config], None] | None = None,
     ) -> None:
         self.factory = factory
+        self._monitor = monitor
+        self.tracer = tracer
         self.reactor = reactor
         self.config_path = config_path
         self.apply_comparison = apply_comparison
@@ -90,7 +93,7 @@ class LiveStatus:
 
     @property
     def monitor(self) -> Any:
-        return self.factory.monitor
+        return self._monitor
 
     def totals(self) -> dict:
         monitor = self.monitor
@@ -196,31 +199,9 @@ class LiveStatus:
         entry = self.factory.sessions.get(session_id)
         if entry is None:
             raise KeyError(f"no session {session_id}")
-        session = entry[1]
-        trace = self._protocol_trace()
-        if not on:
-            trace.untrace_session(session_id)
-            return f"session {session_id} is no longer traced"
-        trace.trace_session(session_id)
-        if not session.traced:
-            trace_when_idle(session, trace, session_id)
-        return f"tracing session {session_id} into {trace.path} from its next message"
-
-    def _protocol_trace(self) -> ProtocolTrace:
-        """The trace file; opened at the first request when debug.log-protocol is off
-        (then only the sessions asked for are traced)."""
-        if self.factory.trace is None:
-            debug = self.factory.config.debug
-            path = Path(debug.log_protocol_file)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self.factory.trace = ProtocolTrace(
-                str(path),
-                debug.log_protocol_max_bytes,
-                self.reactor.seconds,
-                redact=self.factory.config.reporting.redact,
-                sessions=frozenset(),
-            )
-        return self.factory.trace
+        if self.tracer is None:
+            raise KeyError("the protocol trace is not available")
+        return self.tracer.trace_running(entry[1], on)
 
     def reload(self) -> list:
         """Re-read the file and apply what can change without dropping a session;
@@ -232,39 +213,40 @@ class LiveStatus:
         before, after = flatten(old), flatten(new)
         changed = sorted(key for key in after if before.get(key) != after[key])
         replace = dataclasses.replace
-        self.factory.config = replace(
-            new,
-            proxy=replace(
-                new.proxy,
-                listen_address=old.proxy.listen_address,
-                listen_port=old.proxy.listen_port,
-                max_message_bytes=old.proxy.max_message_bytes,
-                tls_cert_file=old.proxy.tls_cert_file,
-                tls_key_file=old.proxy.tls_key_file,
-                auth=old.proxy.auth,
-            ),
-            postgresql=old.postgresql,
-            yugabytedb=old.yugabytedb,
-            comparison=replace(
-                new.comparison,
-                enabled=old.comparison.enabled,
-                source_of_truth=old.comparison.source_of_truth,
-                ai=old.comparison.ai,
-                explain=replace(
-                    new.comparison.explain,
-                    max_concurrent=old.comparison.explain.max_concurrent,
+        self.factory.reconfigure(
+            replace(
+                new,
+                proxy=replace(
+                    new.proxy,
+                    listen_address=old.proxy.listen_address,
+                    listen_port=old.proxy.listen_port,
+                    max_message_bytes=old.proxy.max_message_bytes,
+                    tls_cert_file=old.proxy.tls_cert_file,
+                    tls_key_file=old.proxy.tls_key_file,
+                    auth=old.proxy.auth,
                 ),
-            ),
-            reporting=old.reporting,
-            monitoring=replace(
-                new.monitoring,
-                http=old.monitoring.http,
-                manhole=old.monitoring.manhole,
-                progress_interval=old.monitoring.progress_interval,
-            ),
-            debug=old.debug,
+                postgresql=old.postgresql,
+                yugabytedb=old.yugabytedb,
+                comparison=replace(
+                    new.comparison,
+                    enabled=old.comparison.enabled,
+                    source_of_truth=old.comparison.source_of_truth,
+                    ai=old.comparison.ai,
+                    explain=replace(
+                        new.comparison.explain,
+                        max_concurrent=old.comparison.explain.max_concurrent,
+                    ),
+                ),
+                reporting=old.reporting,
+                monitoring=replace(
+                    new.monitoring,
+                    http=old.monitoring.http,
+                    manhole=old.monitoring.manhole,
+                    progress_interval=old.monitoring.progress_interval,
+                ),
+                debug=old.debug,
+            )
         )
-        self.factory.router = make_router(self.factory.config)
         if self.apply_comparison is not None:
             self.apply_comparison(self.factory.config)
         described = [f"{key}{_when(key)}" for key in changed]

@@ -30,8 +30,9 @@ _SCALE = 8 / math.log(2)
 class ProxyCollector:
     """Collects from a ProxyFactory and its Monitor."""
 
-    def __init__(self, factory: Any) -> None:
+    def __init__(self, factory: Any, monitor: Any) -> None:
         self.factory = factory
+        self.monitor = monitor
 
     def collect(self) -> Iterator[Any]:
         factory = self.factory
@@ -72,7 +73,7 @@ class ProxyCollector:
         for label in (config.truth.label, config.target.label):
             failures.add_metric([label], factory.connect_failures.get(label, 0))
         yield failures
-        monitor = factory.monitor
+        monitor = self.monitor
         if monitor is None:
             return
         yield from _monitor_families(monitor)
@@ -124,11 +125,11 @@ def _buckets(histogram: LatencyHistogram) -> list[tuple[str, float]]:
     return out
 
 
-def make_metrics(factory: Any) -> tuple[CollectorRegistry, Any]:
+def make_metrics(factory: Any, monitor: Any = None) -> tuple[CollectorRegistry, Any]:
     """A registry of our own (not the process-global one) and the function the HTTP
     server calls for ``/metrics``."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(ProxyCollector(factory))  # type: ignore[arg-type]
+    registry.register(ProxyCollector(factory, monitor))  # type: ignore[arg-type]
 
     def metrics() -> tuple[bytes, str]:
         return generate_latest(registry), CONTENT_TYPE_LATEST

@@ -5,14 +5,15 @@ twistd service tree only when configured."""
 from __future__ import annotations
 
 import signal
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 from twisted.application import internet, service
 from twisted.logger import Logger
 
-from twinkly.config.schema import ConfigError
+from twinkly.config.schema import Config, ConfigError
 from twinkly.ops.live import LiveStatus
+from twinkly.ops.trace import SessionTracer
 from twinkly.proxy.factory import ProxyFactory
 
 log = Logger()
@@ -21,23 +22,23 @@ log = Logger()
 def attach_operations(
     top: service.MultiService,
     factory: ProxyFactory,
+    monitor: Any,
+    tracer: SessionTracer | None,
     reactor: Any,
     config_path: str | None,
     manhole_port: int | None = None,
+    apply_comparison: Callable[[Config], None] | None = None,
 ) -> LiveStatus:
     """Add what ``monitoring`` and ``debug`` ask for under ``top``; returns the status
     the admin console, the dashboard and the manhole share."""
-    from twinkly.app.tap import apply_comparison
-
     config = factory.config
-    status = LiveStatus(factory, reactor, config_path, lambda c: apply_comparison(factory, c))
-    factory.status = status
+    status = LiveStatus(factory, monitor, tracer, reactor, config_path, apply_comparison)
     http = config.monitoring.http
     if http.enabled:
         from twinkly.ops.http import make_site
         from twinkly.ops.metrics import make_metrics
 
-        _, metrics = make_metrics(factory)
+        _, metrics = make_metrics(factory, monitor)
         site = make_site(status, metrics)
         site.noisy = False
         server = internet.TCPServer(http.port, site, interface=http.listen_address)
@@ -52,30 +53,16 @@ def attach_operations(
             "service": top,
             "factory": factory,
             "sessions": factory.sessions,
-            "monitor": factory.monitor,
-            "reporter": factory.monitor.sink if factory.monitor is not None else None,
+            "monitor": monitor,
+            "reporter": monitor.sink if monitor is not None else None,
             "config": config,
             "status": status,
-            "trace": factory.trace,
+            "trace": tracer,
         }
         port = manhole_port if manhole_port is not None else manhole.port
         manhole_service(
             port, dict(manhole.users), namespace, manhole.host_key, manhole.listen_address
         ).setServiceParent(top)
-    if config.debug.log_protocol:
-        from twinkly.ops.trace import ProtocolTrace
-
-        path = Path(config.debug.log_protocol_file)
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            factory.trace = ProtocolTrace(
-                str(path),
-                config.debug.log_protocol_max_bytes,
-                reactor.seconds,
-                redact=config.reporting.redact,
-            )
-        except OSError as e:
-            raise ConfigError(f"debug.log-protocol-file: cannot write {path}: {e}") from None
     interval = config.monitoring.progress_interval
     if interval > 0:
         timer = internet.TimerService(interval, log_progress, status)

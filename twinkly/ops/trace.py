@@ -9,16 +9,20 @@ session it watches (a broken trace must not break a connection).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, BinaryIO
 
+from zope.interface import implementer
+
+from twinkly.interfaces import ISessionTracer
 from twinkly.sql.analysis import analyze
 from twinkly.wire import backend as b
 from twinkly.wire import frontend as f
 from twinkly.wire.framing import MessageFramer, ProtocolViolation, StartupFramer
 
-__all__ = ["ProtocolTrace"]
+__all__ = ["ProtocolTrace", "SessionTracer", "session_tap"]
 
 MAX_VALUE_CHARS = 64  # per Bind parameter / DataRow value
 MAX_ROW_VALUES = 8  # DataRow columns shown
@@ -321,14 +325,12 @@ class _Leg:
         return ""
 
 
-def attach_trace(
-    session: Any,
+def session_tap(
     trace: ProtocolTrace,
     session_id: int,
     started: dict[str, list[tuple[str, bytes]]] | None = None,
-) -> None:
-    """Trace a started session's three legs, both ways, by wrapping the session's
-    readers and writers; sessions that are not traced keep their plain hot path.
+) -> dict[tuple[str, str], Callable[[bytes], None]]:
+    """A tap for ``Session.attach_tap``: one trace leg per leg and direction.
     ``started`` holds each leg's start-up bytes (``"client"``, ``"truth"``,
     ``"target"``: recorded before the session had an id), traced first; their lines
     carry the time they were traced, not the time they crossed the wire."""
@@ -342,49 +344,53 @@ def attach_trace(
     for name, chunks in (started or {}).items():
         for direction, data in chunks:
             legs[(name, direction)](data)
-
-    def tee(leg: Callable[[bytes], None], then: Callable[[bytes], Any]) -> Callable:
-        def traced(data: bytes) -> Any:
-            leg(data)
-            return then(data)
-
-        return traced
-
-    session.traced = True
-    session.client_data = tee(legs[("client", ">")], session.client_data)
-    session._to_client = tee(legs[("client", "<")], session._to_client)
-    session._to_truth = tee(legs[("truth", ">")], session._to_truth)
-    session._to_target = tee(legs[("target", ">")], session._to_target)
-    session.truth.on_data = tee(legs[("truth", "<")], session.truth.on_data)
-    if session.target is not None:
-        session.target.on_data = tee(legs[("target", "<")], session.target.on_data)
+    return legs
 
 
-def trace_when_idle(session: Any, trace: ProtocolTrace, session_id: int) -> None:
-    """Trace a running session from the next point where all its streams are between
-    two messages, so that each leg's decoder starts in step. Until then the session's
-    readers are wrapped to look after each chunk (untraced sessions pay nothing)."""
-    if session.at_message_boundary():
-        attach_trace(session, trace, session_id)
-        return
-    target = session.target
-    plain = (session.client_data, session.truth.on_data, target.on_data if target else None)
+@implementer(ISessionTracer)
+class SessionTracer:
+    """The protocol trace as the proxy sees it.
 
-    def unwrap() -> None:
-        session.client_data, session.truth.on_data = plain[0], plain[1]
-        if target is not None:
-            target.on_data = plain[2]
+    With ``debug.log-protocol`` on, every session (or those whose application_name
+    matches ``application``) is traced from its start-up. Otherwise nothing is recorded
+    and the file is opened at the first ``TRACE <session>`` of the admin console."""
 
-    def checked(handler: Callable[[bytes], Any]) -> Callable[[bytes], None]:
-        def read(data: bytes) -> None:
-            handler(data)
-            if not session.traced and session.at_message_boundary():
-                unwrap()
-                attach_trace(session, trace, session_id)
+    def __init__(
+        self,
+        open_trace: Callable[[frozenset[int] | None], ProtocolTrace],
+        all_sessions: bool,
+        application: str | None = None,
+    ) -> None:
+        self._open = open_trace
+        self._all = all_sessions
+        self._application = re.compile(application) if application else None
+        self.trace: ProtocolTrace | None = open_trace(None) if all_sessions else None
 
-        return read
+    def recording(self) -> bool:
+        return self._all
 
-    session.client_data = checked(plain[0])
-    session.truth.on_data = checked(plain[1])
-    if target is not None:
-        target.on_data = checked(plain[2])
+    def start(self, session: Any, application: str, started: dict) -> None:
+        trace = self.trace
+        session_id = session.session_id
+        if trace is None or session_id is None or not trace.wants(session_id):
+            return
+        if self._application is None or self._application.search(application):
+            session.attach_tap(session_tap(trace, session_id, started))
+
+    def trace_running(self, session: Any, on: bool) -> str:
+        """Start or stop tracing a running session (from its next message boundary)."""
+        session_id = session.session_id
+        if self.trace is None:
+            self.trace = self._open(frozenset())
+        trace = self.trace
+        if not on:
+            trace.untrace_session(session_id)
+            return f"session {session_id} is no longer traced"
+        trace.trace_session(session_id)
+        if not session.traced:
+            session.attach_tap(session_tap(trace, session_id))
+        return f"tracing session {session_id} into {trace.path} from its next message"
+
+    def close(self) -> None:
+        if self.trace is not None:
+            self.trace.close()

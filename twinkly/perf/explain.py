@@ -37,14 +37,6 @@ _MARGIN = 2.0  # seconds past statement_timeout before Twinkly drops a side conn
 
 
 @dataclass(frozen=True)
-class SideConnection:
-    """How to reach one backend as the session did."""
-
-    config: BackendConfig
-    parameters: dict[str, str]
-
-
-@dataclass(frozen=True)
 class ExplainRequest:
     """One statement as the client ran it: its own SQL text and, in the extended
     protocol, the raw Bind payload and the Parse's parameter types."""

@@ -15,10 +15,11 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from twinkly.perf.explain import Explainer, ExplainRequest, ExplainResult, SideConnection
+from twinkly.perf.explain import Explainer, ExplainRequest, ExplainResult
 from twinkly.perf.insight import IInsightProvider
 from twinkly.perf.latency import FingerprintLatency
 from twinkly.perf.plans import compare_plans, plan_summary
+from twinkly.proxy.backend import SideConnection
 from twinkly.report.events import make_event
 
 log = Logger()

@@ -10,10 +10,10 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
-from dataclasses import dataclass
 
 from scramp import ScramClient, ScramException, ScramMechanism
 
+from twinkly.config.schema import ClientAuthConfig
 from twinkly.wire.backend import (
     AUTH_CLEARTEXT,
     AUTH_MD5,
@@ -26,7 +26,6 @@ from twinkly.wire.backend import (
 from twinkly.wire.frontend import PasswordMessage, encode
 
 SCRAM = "SCRAM-SHA-256"
-METHODS = ("trust", "password", "md5", "scram-sha-256")
 
 
 class AuthenticationFailed(Exception):
@@ -120,15 +119,6 @@ class BackendAuthenticator:
 
 
 # --- Twinkly as the server a client logs in to ---------------------------------------
-
-
-@dataclass(frozen=True)
-class ClientAuthConfig:
-    method: str = "trust"  # one of METHODS
-    users: tuple[tuple[str, str], ...] = ()  # (name, password or md5 hash)
-
-    def password_of(self, user: str) -> str | None:
-        return dict(self.users).get(user)
 
 
 class ClientAuthenticator:

@@ -7,6 +7,7 @@ after that every received chunk goes straight to ``on_data`` (the session), unto
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from twisted.internet import defer, ssl
 from twisted.internet.endpoints import HostnameEndpoint
@@ -368,3 +369,11 @@ def send_cancel(reactor: object, config: BackendConfig, key: BackendKeyData) -> 
         )
     )
     return connecting
+
+
+@dataclass(frozen=True)
+class SideConnection:
+    """How to reach one backend as the session did."""
+
+    config: BackendConfig
+    parameters: dict[str, str]

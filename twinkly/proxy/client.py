@@ -14,8 +14,6 @@ from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from twinkly.ops.admin import AdminConsole, admin_greeting
-from twinkly.ops.trace import attach_trace
 from twinkly.proxy.auth import AuthenticationFailed, ClientAuthenticator, authentication_ok
 from twinkly.proxy.backend import BackendProtocol
 from twinkly.proxy.recording import StartupRecording
@@ -55,7 +53,8 @@ class ClientProtocol(Protocol):
         self._early: list[bytes] = []
         self._backends: list[BackendProtocol] = []
         # The start-up, both ways, for a protocol trace (only when tracing is on).
-        self.recording = StartupRecording() if factory.trace is not None else None
+        tracer = factory.tracer
+        self.recording = StartupRecording() if tracer is not None and tracer.recording() else None
 
     def connectionMade(self) -> None:
         self.transport.setTcpNoDelay(True)
@@ -185,13 +184,14 @@ class ClientProtocol(Protocol):
         """The virtual database: Twinkly's own console, for its admin users only."""
         assert self.startup is not None
         user = self.startup.parameters["user"]
-        if self.factory.status is None or user not in self.factory.config.proxy.admin.users:
+        consoles = self.factory.admin
+        if consoles is None or not consoles.allowed(user):
             self.fail("28000", f'Twinkly: user "{user}" may not use the admin console')
             return
-        self._admin = AdminConsole(self.factory.status)
+        self._admin = consoles.open()
         self._state = "admin"
         self.recording = None  # not a session: nothing to trace
-        self._reply(authentication_ok() + admin_greeting())
+        self._reply(authentication_ok() + consoles.greeting())
 
     def _admin_data(self, data: bytes) -> None:
         for type_byte, payload in self._framer.feed(data):
@@ -209,7 +209,7 @@ class ClientProtocol(Protocol):
             truth.terminate()
             target.terminate()
             return None
-        if self.factory.monitor is None:
+        if self.factory.comparison is None:
             self._start_session(truth, target)
             return None
         # Comparing: the target prints values the way the truth does.
@@ -225,11 +225,11 @@ class ClientProtocol(Protocol):
             target.terminate()
             return
         self._backends = []
-        session = self.factory.new_session(self.transport, truth, target)
-        self.session = session
         assert self.startup is not None
-        session.client_parameters = self.startup.parameters
-        key = self.factory.register(session)
+        session, key = self.factory.new_session(
+            self.transport, truth, target, self.startup.parameters
+        )
+        self.session = session
         self._reply(
             b"".join(truth.startup_bytes)
             + encode(key)
@@ -238,13 +238,10 @@ class ClientProtocol(Protocol):
         )
         session.start()
         started = {"truth": truth.recording.take(), "target": target.recording.take()}
-        trace = self.factory.trace
-        if trace is not None and session.process_id is not None and self.recording:
+        tracer = self.factory.tracer
+        if tracer is not None and self.recording is not None:
             started["client"] = self.recording.take()
-            application = self.startup.parameters.get("application_name", "")
-            pattern = self.factory.trace_application
-            if trace.wants(session.process_id) and (pattern is None or pattern.search(application)):
-                attach_trace(session, trace, session.process_id, started)
+            tracer.start(session, self.startup.parameters.get("application_name", ""), started)
         self._state = "session"
         self.transport.resumeProducing()
         early, self._early = b"".join(self._early), []
@@ -258,9 +255,8 @@ class ClientProtocol(Protocol):
         if self._state != "connecting":
             return
         sqlstate = getattr(error, "sqlstate", "08006")
-        monitor = self.factory.monitor
-        if monitor is not None and sqlstate.startswith("08"):  # unreachable, not a refusal
-            monitor.backend_unavailable(str(error), self.factory.reactor.seconds())  # type: ignore[attr-defined]
+        if sqlstate.startswith("08"):  # unreachable, not a refusal
+            self.factory.backend_unavailable(str(error))
         self.fail(sqlstate, f"Twinkly: {error}")
 
     def _unexpected(self, failure: Failure) -> None:

@@ -10,13 +10,12 @@ it gets CopyFail first. Bounded: past ``HOLD_BYTES`` the client is paused.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
-from twinkly.tracking.responses import SYNC_SUB
+from twinkly.interfaces import ISessionOperations
+from twinkly.tracking.pairing import Pairer
+from twinkly.tracking.responses import SYNC_SUB, ResponseTracker, StatementResult
 from twinkly.wire.frontend import CopyFail, encode
-
-if TYPE_CHECKING:
-    from twinkly.proxy.session import Session
 
 HOLD_BYTES = 1024 * 1024  # client bytes held for the target before the client waits
 
@@ -30,8 +29,19 @@ def may_copy_from(payload: bytes) -> bool:
 class CopyAlignment:
     """One session's COPY bookkeeping for its target."""
 
-    def __init__(self, session: Session) -> None:
+    def __init__(
+        self,
+        session: ISessionOperations,
+        truth_tracker: ResponseTracker,
+        target_tracker: ResponseTracker,
+        pairer: Pairer,
+        tick: Callable[[], float],
+    ) -> None:
         self.session = session
+        self._truth = truth_tracker
+        self._target = target_tracker
+        self._pairer = pairer
+        self._tick = tick
         self._held: list[bytes] | None = None
         self._held_bytes = 0
         self._key = 0  # result key of the statement that may copy
@@ -51,17 +61,16 @@ class CopyAlignment:
         self._held.append(data)
         self._held_bytes += len(data)
         if self._held_bytes > HOLD_BYTES:
-            self.session.gate.pause("copy-hold")
+            self.session.pause_client("copy-hold")
 
     def check(self) -> None:
         """Release the held bytes once both backends have shown how they answered the
         COPY: if the target copies and the truth does not, end the target's COPY first
         (the client will send no data for it); otherwise the bytes go on as they are."""
-        session = self.session
-        if self._held is None or session.target is None:
+        if self._held is None or not self.session.target_connected:
             return
         first, last = self._key, self._key | SYNC_SUB
-        target = session.target_tracker
+        target = self._target
         target_copying = target.copy_in and first <= target.copy_key <= last
         if not target_copying:
             if target.last_key < first:
@@ -79,39 +88,37 @@ class CopyAlignment:
         """Whether the truth ran the statement ``key`` as COPY FROM STDIN; None while
         that is not known yet. The truth may be several statements ahead, so its answer
         is looked up among its results still waiting for the target's."""
-        session = self.session
-        current = session.truth_tracker.current
+        current = self._truth.current
         if current is not None and current.key == key:
             return True if current.copy == "in" else None
-        for item in session.pairer.truth_pending():
+        for item in self._pairer.truth_pending():
             if item.key == key:
-                return getattr(item, "copy", None) == "in"
+                return type(item) is StatementResult and item.copy == "in"
             if item.key > key:
                 return False  # the truth went past it without a result: it skipped it
-        return False if session.truth_tracker.last_key >= key else None
+        return False if self._truth.last_key >= key else None
 
     def release(self) -> None:
         held, self._held = self._held, None
         for chunk in held or ():
-            self.session._to_target(chunk)
+            self.session.send_to_target(chunk)
         if held:
-            self.session.target_tracker.sent(self.session._tick())
-        self.session.gate.resume("copy-hold")
+            self._target.sent(self._tick())
+        self.session.resume_client("copy-hold")
 
     def fail_target_copy(self) -> None:
         """End the target's COPY; what the client sent since then may follow it."""
         message = "COPY ended by Twinkly: the source of truth did not run this COPY"
-        self.session._to_target(encode(CopyFail(message)))
-        self.session.target_tracker.copy_in = False
+        self.session.send_to_target(encode(CopyFail(message)))
+        self._target.copy_in = False
         if self._held is not None:
             self.release()
 
     def check_target_copy(self) -> None:
         """End a COPY FROM STDIN the target started but the truth did not (also when
         nothing is held: the COPY may come from a statement not seen as one)."""
-        session = self.session
-        copying = session.target_tracker.current
-        if copying is None or copying.copy != "in" or session.target is None:
+        copying = self._target.current
+        if copying is None or copying.copy != "in" or not self.session.target_connected:
             return
         if self.truth_copied(copying.key) is False:
             self.fail_target_copy()

@@ -20,16 +20,16 @@ and its events say so.
 from __future__ import annotations
 
 from collections import deque
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import Any
 
 from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.interfaces import IReactorTime
 
+from twinkly.interfaces import ISessionOperations
 from twinkly.tracking.responses import SUB_BITS, SyncPoint, expectation_for
 from twinkly.wire.backend import ErrorResponse
 from twinkly.wire.frontend import encode
-
-if TYPE_CHECKING:
-    from twinkly.proxy.session import Session
 
 _GROUP_ENDS = frozenset((ord("Q"), ord("S"), ord("F")))
 _QUERY, _PARSE, _TERMINATE = ord("Q"), ord("P"), ord("X")
@@ -42,10 +42,25 @@ SLOW_WAIT = 3.0  # seconds past the EXPLAIN statement_timeout a held group waits
 class Enforcer:
     """Holds one session's truth answers per group and settles each group."""
 
-    def __init__(self, session: Session, cap: int, differences: bool = True) -> None:
+    def __init__(
+        self,
+        session: ISessionOperations,
+        analyze: Callable[[str], Any],
+        clock: IReactorTime,
+        labels: tuple[str, str],
+        cap: int,
+        differences: bool = True,
+        explain_timeout: float = 0.0,
+    ) -> None:
         self.session = session
+        self._analyze = analyze
+        self._clock = clock
+        self._labels = labels  # (truth, target)
         self.cap = cap
         self.differences = differences  # fail on mismatches (else only on slow statements)
+        # How long a held group waits for the plans of its slow statements.
+        self._slow_limit = explain_timeout + SLOW_WAIT
+        self.holding = True  # whether the truth's answer is being held (events say)
         # slow_query events being written, each with what is known before its plans
         self.slow_pending: list[tuple[Deferred[dict], dict]] = []
         self.slow_waited = False  # the open group already waited for them
@@ -89,10 +104,10 @@ class Enforcer:
                 self.wrapped = not busy and self._should_wrap(batch)
                 if self.wrapped:
                     self._internal("BEGIN", "begin")
-                self.group = session._seq + sum(
+                self.group = session.statements + sum(
                     1 for t, p in batch if expectation_for(t, p) is not None
                 )
-                session.comparator_holding(True)
+                self.holding = True
                 if busy:
                     self._stream()
             else:
@@ -103,7 +118,7 @@ class Enforcer:
         """An autocommit group that writes, and only statements a transaction block
         accepts: wrap it so that it can be undone."""
         session = self.session
-        if session.truth_tracker.status != "I" or session.analyze is None:
+        if session.truth_tracker.status != "I":
             return False
         writes = False
         for type_byte, payload in batch:
@@ -114,7 +129,7 @@ class Enforcer:
                 sql = payload[end + 1 : payload.find(0, end + 1)]
             else:
                 continue
-            for info in session.analyze(sql.decode("utf-8", "replace")):
+            for info in self._analyze(sql.decode("utf-8", "replace")):
                 if info.kind not in _WRAPPABLE:
                     return False
                 writes = writes or bool(info.writes)
@@ -143,7 +158,7 @@ class Enforcer:
         """This group cannot be held: what is held goes now, the rest as it comes."""
         if not self.streaming:
             self.streaming = True
-            self.session.comparator_holding(False)
+            self.holding = False
         self._deliver_until(self.start + len(self.held))
 
     def _deliver_until(self, offset: int, drop: bool = False) -> None:
@@ -232,8 +247,6 @@ class Enforcer:
         """Settle the group once its slow statements' events are written, or at the
         deadline, whichever comes first, once."""
         group = self.group
-        session = self.session
-        limit = session.config.comparison.explain.statement_timeout + SLOW_WAIT
 
         def resume(_: object = None) -> None:
             if self.slow_waited or self.group != group:
@@ -249,7 +262,7 @@ class Enforcer:
                 self.failure = {"plan_errors": {"truth": late, "target": late}, **waiting[0][1]}
             resume()
 
-        timer = session.clock.callLater(limit, deadline)
+        timer = self._clock.callLater(self._slow_limit, deadline)
         gathered = DeferredList([d for d, _ in waiting], consumeErrors=True)
         gathered.addCallback(resume)
 
@@ -258,13 +271,12 @@ class Enforcer:
         self.slow_waited = False
         self.wrapped = False
         self.failure = None
-        self.session.comparator_holding(True)
+        self.holding = True
         self.pump()
 
     def _error(self) -> bytes:
         event = self.failure or {}
-        session = self.session
-        truth, target = session.truth.config.label, session.target_label()
+        truth, target = self._labels
         if event.get("kind") == "slow_query":
             message = (
                 f"Twinkly: {target} is {event.get('ratio')}x slower than {truth}:"

@@ -7,34 +7,39 @@ makes its ``Session`` and keeps the registry of live sessions with their cancel 
 from __future__ import annotations
 
 import os
-import re
 import secrets
 import time
 from collections import Counter
 from collections.abc import Callable
+from typing import Any
 
 from twisted.internet import defer, ssl
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from twinkly.compare.comparator import Comparator
-from twinkly.compare.shared_state import Monitor
 from twinkly.config.schema import Config
-from twinkly.ops.trace import ProtocolTrace
+from twinkly.interfaces import IAdminConsoles, IComparison, IPairObserver, ISessionTracer
 from twinkly.proxy.backend import BackendProtocol, connect_backend, startup_parameters
 from twinkly.proxy.client import ClientProtocol
-from twinkly.proxy.enforcer import Enforcer
+from twinkly.proxy.routing import make_router
 from twinkly.proxy.session import Session, session_counters
-from twinkly.tracking.contexts import ClientContexts
-from twinkly.tracking.pairing import IPairObserver, PairCounter
+from twinkly.tracking.pairing import PairCounter
 from twinkly.wire.backend import BackendKeyData
+
+__all__ = ["ProxyFactory", "make_router"]
 
 log = Logger()
 
 
 class ProxyFactory(Factory):
-    """Shared state of all client connections."""
+    """Shared state of all client connections.
+
+    What the proxy does beyond relaying is given here, by the application wiring:
+    ``comparison`` (the comparator of each session, the SQL analysis, the enforcement
+    settings), ``admin`` (the console on the virtual database) and ``tracer`` (the
+    protocol trace). Without them the factory is a plain dual-execution relay whose
+    pairs go to ``observer_factory()``'s observer."""
 
     protocol = ClientProtocol
     noisy = False
@@ -42,29 +47,36 @@ class ProxyFactory(Factory):
     def __init__(
         self,
         config: Config,
-        reactor: object,
+        reactor: Any,
         observer_factory: Callable[[], IPairObserver] = PairCounter,
-        monitor: Monitor | None = None,
+        *,
+        comparison: IComparison | None = None,
+        admin: IAdminConsoles | None = None,
+        tracer: ISessionTracer | None = None,
+        timer: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
         self.reactor = reactor
         self.observer_factory = observer_factory
-        self.monitor = monitor if config.comparison.enabled else None
+        self.comparison = comparison if config.comparison.enabled else None
+        self.admin = admin
+        self.tracer = tracer
+        self.timer = timer  # statement timings: monotonic, so a clock step cannot look slow
         self.clients: set[ClientProtocol] = set()
         self.sessions: dict[int, tuple[bytes, Session]] = {}
         self.tls_options = _server_tls_options(config)
         self.router = make_router(config)
         self.sessions_total = 0
-        self.timer: Callable[[], float] = time.monotonic  # statement timings
         self.connect_failures: Counter[str] = Counter()  # backend label -> failures
         self.closed_totals: Counter[str] = Counter()  # bytes and pauses of ended sessions
-        self.status: object | None = None  # IStatus, for the admin console
-        self.trace: ProtocolTrace | None = None  # debug.log-protocol
-        application = config.debug.log_protocol_application
-        self.trace_application = re.compile(application) if application else None
 
     def buildProtocol(self, addr: object) -> ClientProtocol:
         return ClientProtocol(self)
+
+    def reconfigure(self, config: Config) -> None:
+        """A reloaded configuration, for every session that starts from now on."""
+        self.config = config
+        self.router = make_router(config)
 
     def open_backends(
         self, client_parameters: dict[str, str], opened: list[BackendProtocol]
@@ -100,61 +112,53 @@ class ProxyFactory(Factory):
         return defer.gatherResults(attempts, consumeErrors=True).addCallbacks(tuple, failed)
 
     def new_session(
-        self, transport: object, truth: BackendProtocol, target: BackendProtocol
-    ) -> Session:
-        monitor = self.monitor
-        observer: IPairObserver
-        if monitor is not None:
-            observer = Comparator(monitor, None, self.reactor.seconds)  # type: ignore[attr-defined]
-        else:
-            observer = self.observer_factory()
+        self,
+        transport: object,
+        truth: BackendProtocol,
+        target: BackendProtocol,
+        client_parameters: dict[str, str],
+    ) -> tuple[Session, BackendKeyData]:
+        """The session of a client whose backends are ready, registered under Twinkly's
+        own cancel key (which the client gets in BackendKeyData)."""
+        process_id = self._free_process_id()
+        secret = os.urandom(4)
+        comparison = self.comparison
         session = Session(
             transport,
             truth,
             target,
             self.config,
-            observer,
-            self.reactor,  # type: ignore[arg-type]
+            self.reactor,
+            lambda facts, verdicts: self.observer_factory(),
+            session_id=process_id,
+            comparison=comparison,
+            router=self.router,
+            client_parameters=client_parameters,
             on_close=self.unregister,
             timer=self.timer,
         )
-        session.router = self.router
-        if monitor is not None:
-            session.contexts = ClientContexts()
-            session.analyze = monitor.cache.get
-            rows = monitor.settings.max_compared_rows
-            session.truth_tracker.sample_rows = session.target_tracker.sample_rows = rows
-            settings = monitor.settings
-            if settings.fail_on_differences or settings.fail_on_slow_queries:
-                session.enforcer = Enforcer(
-                    session, settings.hold_bytes, settings.fail_on_differences
-                )
-                observer.enforcer = session.enforcer  # type: ignore[attr-defined]
-        return session
+        self.sessions[process_id] = (secret, session)
+        self.sessions_total += 1
+        return session, BackendKeyData(process_id, secret)
+
+    def _free_process_id(self) -> int:
+        while True:
+            process_id = secrets.randbelow(2**31 - 1) + 1
+            if process_id not in self.sessions:
+                return process_id
 
     def _connect_failed(self, failure: Failure, label: str) -> Failure:
         if getattr(failure.value, "sqlstate", "08006").startswith("08"):
             self.connect_failures[label] += 1
         return failure
 
-    def register(self, session: Session) -> BackendKeyData:
-        """Give the session Twinkly's own cancel key."""
-        while True:
-            process_id = secrets.randbelow(2**31 - 1) + 1
-            if process_id not in self.sessions:
-                break
-        secret = os.urandom(4)
-        self.sessions[process_id] = (secret, session)
-        self.sessions_total += 1
-        session.process_id = process_id
-        if isinstance(session.pairer.observer, Comparator):
-            session.pairer.observer.session_id = process_id
-            session.pairer.observer.session_settings = session.truth_settings
-            session.pairer.observer.sides = session.side_connections
-        return BackendKeyData(process_id, secret)
+    def backend_unavailable(self, reason: str) -> None:
+        """A backend could not be reached when a session started."""
+        if self.comparison is not None:
+            self.comparison.backend_unavailable(reason, self.reactor.seconds(), None)
 
     def unregister(self, session: Session) -> None:
-        process_id = getattr(session, "process_id", None)
+        process_id = session.session_id
         if process_id is not None and self.sessions.pop(process_id, None) is not None:
             self.closed_totals.update(session_counters(session))
 
@@ -164,23 +168,6 @@ class ProxyFactory(Factory):
             log.info("ignoring cancel request with an unknown key")
             return
         entry[1].cancel(self.reactor)
-
-
-def make_router(config: Config) -> Callable[[str], str | None] | None:
-    """sql -> the backend ("postgresql" or "yugabytedb") it must run on alone, or None."""
-    routes = [(re.compile(p), "postgresql") for p in config.proxy.postgres_only_patterns] + [
-        (re.compile(p), "yugabytedb") for p in config.proxy.yugabyte_only_patterns
-    ]
-    if not routes:
-        return None
-
-    def route(sql: str) -> str | None:
-        for pattern, backend in routes:
-            if pattern.search(sql):
-                return backend
-        return None
-
-    return route
 
 
 def _server_tls_options(config: Config) -> ssl.CertificateOptions | None:

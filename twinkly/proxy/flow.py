@@ -16,11 +16,13 @@ from zope.interface import implementer
 class PauseGate:
     """Pauses a producer while any named reason holds, resumes when none does."""
 
-    def __init__(self, producer: IPushProducer) -> None:
+    def __init__(
+        self, producer: IPushProducer, on_change: Callable[[bool], None] | None = None
+    ) -> None:
         self._producer = producer
         self._reasons: set[str] = set()
         self.pauses = 0
-        self.on_change: Callable[[bool], None] | None = None  # told paused / resumed
+        self.on_change = on_change  # told paused (True) / resumed (False)
 
     def pause(self, reason: str) -> None:
         if reason in self._reasons:
@@ -44,6 +46,9 @@ class PauseGate:
     @property
     def reasons(self) -> frozenset[str]:
         return frozenset(self._reasons)
+
+    def holds(self, reason: str) -> bool:
+        return reason in self._reasons
 
 
 @implementer(IPushProducer)

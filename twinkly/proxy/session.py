@@ -7,28 +7,44 @@ are only framed and tracked. Flow control is Twisted's producer/consumer:
 
 - a slow client pauses the truth backend (the client transport consumes the truth's);
 - a full write buffer towards either backend pauses the client;
-- a target that lags too far behind the truth pauses the client, and one that runs too
-  far ahead is paused itself; a session that still overflows stops pairing, never
-  buffering more.
+- the distance between the two backends is bounded (``lag.LagControl``); a session
+  that still overflows stops pairing, never buffering more.
+
+The session's policies live in modules of their own and reach it only through
+``ISessionOperations``: the enforcer (comparison.fail-on-differences), COPY-in
+alignment, routing patterns. The comparator's verdicts are queued while a tracker
+frames and applied once it has returned (``verdicts.VerdictQueue``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Any
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from twinkly.config.schema import Config
-from twinkly.perf.explain import SideConnection
-from twinkly.proxy.backend import BackendProtocol, send_cancel
+from twinkly.interfaces import (
+    IComparison,
+    IPairObserver,
+    ISessionFacts,
+    ISessionOperations,
+    IVerdictListener,
+)
+from twinkly.proxy.backend import BackendProtocol, SideConnection, send_cancel
 from twinkly.proxy.copy_in import CopyAlignment, may_copy_from
+from twinkly.proxy.enforcer import Enforcer
 from twinkly.proxy.flow import GateReason, PauseGate
+from twinkly.proxy.lag import LagControl
+from twinkly.proxy.rollback import commit_becomes_rollback
+from twinkly.proxy.routing import QueryRouting, Router
 from twinkly.proxy.sockets import immediate_writer
+from twinkly.proxy.verdicts import VerdictQueue
 from twinkly.tracking.contexts import INTERNAL, ClientContexts
-from twinkly.tracking.pairing import IPairObserver, Pairer
+from twinkly.tracking.pairing import Pairer
 from twinkly.tracking.responses import (
     CLIENT_EXPECTATIONS,
     DESCRIBE_PORTAL,
@@ -38,10 +54,7 @@ from twinkly.tracking.responses import (
 from twinkly.wire.backend import ErrorResponse
 from twinkly.wire.buffers import tagged
 from twinkly.wire.framing import MessageFramer, ProtocolViolation
-from twinkly.wire.frontend import Parse, Query, Terminate, encode
-
-if TYPE_CHECKING:
-    from twinkly.proxy.enforcer import Enforcer
+from twinkly.wire.frontend import Query, Terminate, encode
 
 log = Logger()
 
@@ -51,22 +64,32 @@ _QUERY = ord("Q")
 _PARSE = ord("P")
 _EXECUTE = ord("E")
 
-
 DRAIN_SECONDS = 30.0  # how long a closed session waits for a backend's owed answers
 
+# A protocol tap: (leg, direction) -> a function given every chunk of that leg, where
+# leg is "client", "truth" or "target" and direction ">" (towards) or "<" (from) it.
+Tap = dict[tuple[str, str], Callable[[bytes], None]]
+ObserverFactory = Callable[[ISessionFacts, IVerdictListener | None], IPairObserver]
 
+
+@implementer(ISessionOperations, ISessionFacts)
 class Session:
     """Fan-out, streaming and pairing for one client connection."""
 
     def __init__(
         self,
-        client_transport: object,
+        client_transport: Any,
         truth: BackendProtocol,
         target: BackendProtocol,
         config: Config,
-        observer: IPairObserver,
         clock: IReactorTime,
-        on_close: object = None,
+        observer_factory: ObserverFactory,
+        *,
+        session_id: int | None = None,
+        comparison: IComparison | None = None,
+        router: Router | None = None,
+        client_parameters: dict[str, str] | None = None,
+        on_close: Callable[[Session], None] | None = None,
         timer: Callable[[], float] | None = None,
     ) -> None:
         self.client = client_transport
@@ -74,50 +97,106 @@ class Session:
         self.target: BackendProtocol | None = target
         self.config = config
         self.clock = clock
+        self.session_id = session_id  # Twinkly's own process id (cancel key)
+        self.client_parameters = client_parameters or {}
         self._on_close = on_close
         self._now = clock.seconds  # wall time, for events
         # Statement timings: the factory gives a monotonic clock, so that a step of the
         # wall clock cannot make a statement look slow (tests use the reactor's).
         self._tick = timer or clock.seconds
-        flow = config.proxy.flow
-        self._max_lag = config.comparison.max_target_lag
-        self._max_lag_bytes = config.comparison.max_target_lag_bytes
-        self._max_ahead = flow.max_target_ahead
-        self.pairer = Pairer(observer, flow.max_held_results)
-        self.truth_tracker = ResponseTracker(self.pairer.add_truth, self._tick)
-        self.target_tracker = ResponseTracker(self.pairer.add_target, self._tick)
-        self.copies = CopyAlignment(self)
-        self.target_tracker.on_copy_in = self.copies.check_target_copy
+        self._comparison = comparison
+        self.analyze = comparison.analyze if comparison is not None else None
+        self.contexts = ClientContexts() if comparison is not None else None
+        self._seq = 0  # client messages that owe a response, numbered
+        self.gate = PauseGate(client_transport)
+        self.truth_gate = PauseGate(truth.transport, on_change=self._truth_paused)
+        self.enforcer: Enforcer | None = None
+        self._verdicts: VerdictQueue | None = None
+        pairer_observer = self._policies(comparison, observer_factory)
+        self.pairer = Pairer(pairer_observer, config.proxy.flow.max_held_results)
+        rows = comparison.max_compared_rows if comparison is not None else 0
+        self.truth_tracker = ResponseTracker(self.pairer.add_truth, self._tick, rows)
+        self.target_tracker = ResponseTracker(
+            self.pairer.add_target,
+            self._tick,
+            rows,
+            on_copy_in=lambda: self.copies.check_target_copy(),
+        )
+        self.copies = CopyAlignment(
+            self, self.truth_tracker, self.target_tracker, self.pairer, self._tick
+        )
+        self.lag = LagControl(
+            self.pairer,
+            self.truth_tracker,
+            self.target_tracker,
+            self.gate,
+            self.truth_gate,
+            config.comparison.max_target_lag,
+            config.comparison.max_target_lag_bytes,
+            config.proxy.flow.max_target_ahead,
+        )
+        self.routing = (
+            QueryRouting(
+                router,
+                truth.config.name,
+                self,
+                self.truth_tracker,
+                self.target_tracker,
+                self._tick,
+                comparison is not None,
+            )
+            if router is not None
+            else None
+        )
         self._client_framer = MessageFramer(config.proxy.max_message_bytes)
         self._truth_framer = truth.framer
         self._target_framer = target.framer
-        self.gate = PauseGate(client_transport)  # type: ignore[arg-type]
-        self.truth_gate = PauseGate(truth.transport)  # type: ignore[arg-type]
-        self.truth_gate.on_change = self._truth_paused
         self._to_client = immediate_writer(client_transport)
         self._to_truth = immediate_writer(truth.transport)
         self._to_target = immediate_writer(target.transport)
-        self._target_paused = False
-        self.contexts: ClientContexts | None = None  # set when results are compared
-        # Which backend, if only one, a simple query goes to (routing patterns).
-        self.router: Callable[[str], str | None] | None = None
-        self._target_answers = False  # a routed query: the target's bytes go to the client
-        self.enforcer: Enforcer | None = None  # comparison.fail-on-differences
-        self.analyze: Callable[[str], tuple] | None = None
-        self._seq = 0  # client messages that owe a response, numbered
         self._pairing_logged = False
+        self._pending_tap: Tap | None = None  # to attach at the next message boundary
+        self._tap_in: Tap | None = None
         self.closed = False
-        self.process_id: int | None = None  # Twinkly's own, given by the factory
         self.bytes_from_client = 0
         self.bytes_to_client = 0
         self.started = clock.seconds()
-        self.traced = False  # a protocol trace is attached
-        self.client_parameters: dict[str, str] = {}  # the client's start-up parameters
+        self.traced = False  # a protocol tap is attached
+
+    def _policies(
+        self, comparison: IComparison | None, observer_factory: ObserverFactory
+    ) -> IPairObserver:
+        """The enforcer (when the comparison side asks for one), the queue its verdicts
+        travel through, and the comparator that gives them; without comparison, the
+        plain observer of ``observer_factory``."""
+        if comparison is None:
+            return observer_factory(self, None)
+        differences, slow, hold_bytes = comparison.enforcement()
+        if differences or slow:
+            self.enforcer = Enforcer(
+                self,
+                comparison.analyze,
+                self.clock,
+                (self.truth.config.label, self.target_label()),
+                hold_bytes,
+                differences,
+                self.config.comparison.explain.statement_timeout,
+            )
+            self._verdicts = VerdictQueue(self.enforcer)
+        return comparison.observer(self, self._verdicts)
 
     @property
     def statements(self) -> int:
         """Client messages that owed an answer so far."""
         return self._seq
+
+    @property
+    def process_id(self) -> int | None:
+        return self.session_id
+
+    @property
+    def target_connected(self) -> bool:
+        return self.target is not None
 
     # --- wiring --------------------------------------------------------------------
 
@@ -130,9 +209,7 @@ class Session:
         truth.on_lost = self._backend_lost
         target.on_lost = self._backend_lost
         # A slow client pauses the truth; so does a target too far behind (truth_gate).
-        self.client.registerProducer(  # type: ignore[attr-defined]
-            GateReason(self.truth_gate, "client-buffer"), True
-        )
+        self.client.registerProducer(GateReason(self.truth_gate, "client-buffer"), True)
         truth.transport.registerProducer(GateReason(self.gate, "truth-buffer"), True)
         target.transport.registerProducer(GateReason(self.gate, "target-buffer"), True)
         # Messages that arrived right after ReadyForQuery (a notice, say).
@@ -162,6 +239,38 @@ class Session:
         target_pending = self._target_framer.pending if self.target is not None else 0
         return not (self._client_framer.pending or self._truth_framer.pending or target_pending)
 
+    def attach_tap(self, tap: Tap) -> None:
+        """See every chunk of the three legs both ways from the next point where all
+        streams are between two messages (so that a decoder starts in step). Sessions
+        without a tap keep their plain hot path."""
+        if self.at_message_boundary():
+            self._tap(tap)
+        else:
+            self._pending_tap = tap
+
+    def _tap(self, tap: Tap) -> None:
+        def tee(leg: Callable[[bytes], None], then: Callable[[bytes], Any]) -> Callable:
+            def traced(data: bytes) -> Any:
+                leg(data)
+                return then(data)
+
+            return traced
+
+        self._pending_tap = None
+        self.traced = True
+        self._tap_in = tap
+        self._to_client = tee(tap[("client", "<")], self._to_client)
+        self._to_truth = tee(tap[("truth", ">")], self._to_truth)
+        self._to_target = tee(tap[("target", ">")], self._to_target)
+
+    def _tapped(self, leg: str, data: bytes) -> None:
+        if self._tap_in is not None:
+            self._tap_in[(leg, "<" if leg != "client" else ">")](data)
+
+    def _tap_at_boundary(self) -> None:
+        if self._pending_tap is not None and self.at_message_boundary():
+            self._tap(self._pending_tap)
+
     def _truth_paused(self, paused: bool) -> None:
         """The truth's stream stopped (slow client, lagging target): its timings then
         are Twinkly's doing, not the server's."""
@@ -170,23 +279,66 @@ class Session:
         else:
             self.truth_tracker.resumed()
 
-    # --- the hot path --------------------------------------------------------------
+    # --- ISessionOperations (for the enforcer, COPY-in alignment, routing) ---------
 
-    def client_data(self, data: bytes) -> None:
-        """Bytes from the client; raises ProtocolViolation on malformed framing."""
-        messages = self._client_framer.feed(data)
-        self.bytes_from_client += len(data)
-        if self.enforcer is not None:
-            self.enforcer.client_messages(messages)
-            return
-        if self.router is not None and self._route(data, messages):
-            return
-        self._fan_out(data, messages)
+    def next_sequence(self) -> int:
+        self._seq += 1
+        return self._seq
 
     def forward(self, messages: list[tuple[int, bytes]]) -> None:
         """Send whole client messages on (the enforcer releases them group by group)."""
         data = b"".join(tagged(bytes((type_byte,)), payload) for type_byte, payload in messages)
         self._fan_out(data, messages)
+
+    def deliver(self, data: bytes) -> None:
+        """Bytes for the client that the enforcer has released."""
+        self._to_client(data)
+        self.bytes_to_client += len(data)
+
+    def internal_query(self, sql: str) -> int:
+        """Run a statement of Twinkly's own on both backends; the client never sees its
+        answer. Returns the sequence number its results carry."""
+        seq = self.next_sequence()
+        now = self._tick()
+        query = encode(Query(sql))
+        for backend, tracker in (
+            (self.truth, self.truth_tracker),
+            (self.target, self.target_tracker),
+        ):
+            if backend is not None:
+                tracker.expect("Q", now, seq, INTERNAL)
+                backend.transport.write(query)
+        return seq
+
+    def send_to_truth(self, data: bytes) -> None:
+        self._to_truth(data)
+
+    def send_to_target(self, data: bytes) -> None:
+        self._to_target(data)
+
+    def pause_client(self, reason: str) -> None:
+        self.gate.pause(reason)
+
+    def resume_client(self, reason: str) -> None:
+        self.gate.resume(reason)
+
+    def target_label(self) -> str:
+        return self.target.config.label if self.target is not None else "the target"
+
+    # --- the hot path --------------------------------------------------------------
+
+    def client_data(self, data: bytes) -> None:
+        """Bytes from the client; raises ProtocolViolation on malformed framing."""
+        if self.traced:
+            self._tapped("client", data)
+        messages = self._client_framer.feed(data)
+        self.bytes_from_client += len(data)
+        if self.enforcer is not None:
+            self.enforcer.client_messages(messages)
+        elif self.routing is None or not self.routing.take(data, messages, self.session_id):
+            self._fan_out(data, messages)
+        if self._pending_tap is not None:
+            self._tap_at_boundary()
 
     def _fan_out(self, data: bytes, messages: list[tuple[int, bytes]]) -> None:
         """The client's bytes to both backends, with what each now owes."""
@@ -231,72 +383,26 @@ class Session:
             self.close(client_terminated=True)
 
     def _commit_becomes_rollback(self, data: bytes, messages: list[tuple[int, bytes]]) -> bytes:
-        """The truth's transaction has failed, so the client's COMMIT will roll it back
-        there; send the target ROLLBACK so that its transaction ends the same way.
-
-        Only whole simple-query messages are rewritten (COMMIT is sent alone and small);
-        a rewrite is not attempted when the chunk holds part of a message."""
-        if self._client_framer.buffered or sum(5 + len(p) for _, p in messages) != len(data):
+        """The truth's transaction has failed: the target's COMMIT goes as ROLLBACK."""
+        if self._client_framer.buffered:
+            return data  # part of a message is still to come: never rewritten
+        rewritten = commit_becomes_rollback(data, messages, self._is_commit)
+        if rewritten is None:
             return data
-        changed = False
-        out = []
-        for type_byte, payload in messages:
-            if type_byte == _QUERY and self._is_commit(payload[:-1]):
-                out.append(encode(Query("ROLLBACK")))
-                changed = True
-            elif type_byte == _PARSE:
-                name_end = payload.find(0)
-                if self._is_commit(payload[name_end + 1 : payload.find(0, name_end + 1)]):
-                    name = payload[:name_end].decode("utf-8", "replace")
-                    out.append(encode(Parse(name, "ROLLBACK")))
-                    changed = True
-                else:
-                    out.append(tagged(b"P", payload))
-            else:
-                out.append(tagged(bytes((type_byte,)), payload))
-        if changed:
-            log.info(
-                "session {pid}: the source of truth's transaction failed; the target's"
-                " COMMIT is sent as ROLLBACK",
-                pid=self.process_id,
-            )
-        return b"".join(out) if changed else data
-
-    # --- for comparison.fail-on-differences (twinkly/proxy/enforcer.py) -------------------------
-
-    def deliver(self, data: bytes) -> None:
-        """Bytes for the client that the enforcer has released."""
-        self._to_client(data)
-        self.bytes_to_client += len(data)
-
-    def internal_query(self, sql: str) -> int:
-        """Run a statement of Twinkly's own on both backends; the client never sees its
-        answer. Returns the sequence number its results carry."""
-        self._seq += 1
-        now = self._tick()
-        query = encode(Query(sql))
-        for backend, tracker in (
-            (self.truth, self.truth_tracker),
-            (self.target, self.target_tracker),
-        ):
-            if backend is not None:
-                tracker.expect("Q", now, self._seq, INTERNAL)
-                backend.transport.write(query)
-        return self._seq
-
-    def comparator_holding(self, holding: bool) -> None:
-        observer = self.pairer.observer
-        if hasattr(observer, "holding"):
-            observer.holding = holding
-
-    def target_label(self) -> str:
-        return self.target.config.label if self.target is not None else "the target"
+        log.info(
+            "session {pid}: the source of truth's transaction failed; the target's"
+            " COMMIT is sent as ROLLBACK",
+            pid=self.session_id,
+        )
+        return rewritten
 
     def _is_commit(self, sql: bytes) -> bool:
         infos = self.analyze(sql.decode("utf-8", "replace"))  # type: ignore[misc]
         return len(infos) == 1 and infos[0].transaction == "commit"
 
     def truth_data(self, data: bytes) -> None:
+        if self.traced:
+            self._tapped("truth", data)
         enforcer = self.enforcer
         if enforcer is None:
             self._to_client(data)
@@ -310,94 +416,44 @@ class Session:
             self._backend_garbled(self.truth, e)
             return
         if enforcer is not None:
+            if self._verdicts:
+                self._verdicts.apply()  # type: ignore[union-attr]
             enforcer.after_truth()
-        if self.pairer.truth_ahead > self._max_lag:
-            self.gate.pause("target-lag")
-        if (
-            self.target is not None
-            and not self.pairer.target_ahead  # the target has not already answered it
-            and tracker.consumed - self.pairer.truth_done_end > self._max_lag_bytes
-        ):
-            # The target is that far behind within the truth's answers: the client
-            # waits (the truth is not read) until the target catches up.
-            self.truth_gate.pause("target-lag-bytes")
+        self.lag.truth_received(self.target is not None)
         if self.copies.holding:
             self.copies.check()
         elif self.target_tracker.copy_in:
             self.copies.check_target_copy()
         self._check_flow(tracker)
+        if self._pending_tap is not None:
+            self._tap_at_boundary()
 
     def target_data(self, data: bytes) -> None:
+        if self.traced:
+            self._tapped("target", data)
         tracker = self.target_tracker
-        if self._target_answers:
+        routing = self.routing
+        if routing is not None and routing.target_answers:
             self._to_client(data)
         try:
             tracker.receive(self._target_framer, data)
         except ProtocolViolation as e:
             self._backend_garbled(self.target, e)  # type: ignore[arg-type]
             return
-        if self._target_answers and not tracker.owed:
-            self._target_answers = False
-            self.gate.resume("routed")
+        if self._verdicts:
+            self._verdicts.apply()  # type: ignore[union-attr]
+        if routing is not None:
+            routing.target_progress()
         if self.copies.holding:
             self.copies.check()
         self._check_flow(tracker)
-
-    def _route(self, data: bytes, messages: list[tuple[int, bytes]]) -> bool:
-        """Send a simple query that matches a routing pattern to one backend only.
-
-        Routing applies to a chunk that is exactly one Query. A query routed to the
-        target is answered by the target, so it is routed only when neither backend
-        owes anything (its answer cannot interleave with the truth's), and the client
-        is paused until the answer is complete. Returns False to run it on both."""
-        if len(messages) != 1 or messages[0][0] != _QUERY or len(data) != 5 + len(messages[0][1]):
-            return False
-        sql = messages[0][1][:-1].decode("utf-8", "replace")
-        backend = self.router(sql)  # type: ignore[misc]
-        if backend is None:
-            return False
-        self._seq += 1
-        context = (sql, None, ()) if self.contexts is not None else None
-        if backend == self.truth.config.name:
-            self.truth_tracker.expect("Q", self._tick(), self._seq, context)
-            self._to_truth(data)
-            return True
-        if self.target is None or self.truth_tracker.owed or self.target_tracker.owed:
-            self._seq -= 1
-            log.info(
-                "session {pid}: not routed (answers outstanding): {sql}",
-                pid=self.process_id,
-                sql=sql[:200],
-            )
-            return False
-        self.target_tracker.expect("Q", self._tick(), self._seq, context)
-        self._target_answers = True
-        self.gate.pause("routed")
-        self._to_target(data)
-        return True
+        if self._pending_tap is not None:
+            self._tap_at_boundary()
 
     def _check_flow(self, tracker: ResponseTracker) -> None:
-        pairer = self.pairer
-        if tracker.lost_track is not None or pairer.abandoned is not None:
+        if tracker.lost_track is not None or self.pairer.abandoned is not None:
             self._pairing_lost(tracker)
-        if "target-lag-bytes" in self.truth_gate.reasons and (
-            self.target is None
-            or pairer.target_ahead
-            or self.truth_tracker.consumed - pairer.truth_done_end <= self._max_lag_bytes // 2
-        ):
-            self.truth_gate.resume("target-lag-bytes")
-        if pairer.truth_ahead <= self._max_lag // 2:
-            self.gate.resume("target-lag")
-        ahead = pairer.target_ahead
-        if ahead > self._max_ahead and not self._target_paused and self.target is not None:
-            self._target_paused = True
-            self.target.transport.pauseProducing()
-            self.target_tracker.paused()
-        elif self._target_paused and ahead <= self._max_ahead // 2:
-            self._target_paused = False
-            if self.target is not None:
-                self.target.transport.resumeProducing()
-                self.target_tracker.resumed()
+        self.lag.check(self.target.transport if self.target is not None else None)
 
     def _pairing_lost(self, tracker: ResponseTracker) -> None:
         """Stop pairing once (a stream could not be followed, or a cap was reached);
@@ -410,7 +466,7 @@ class Session:
         self._pairing_logged = True
         log.warn(
             "session {pid}: pairing stopped ({reason}); the client is still served",
-            pid=self.process_id,
+            pid=self.session_id,
             reason=self.pairer.abandoned,
         )
         self.gate.resume("target-lag")
@@ -440,7 +496,7 @@ class Session:
                 "08006",
                 f"Twinkly lost the connection to the source of truth {backend.config.describe()}",
             )
-            self.client.write(encode(error))  # type: ignore[attr-defined]
+            self.client.write(encode(error))
             self.close()
         else:
             log.warn(
@@ -450,11 +506,10 @@ class Session:
                 reason=reason.getErrorMessage(),
             )
             self.target = None
-            reason = f"the target {backend.config.describe()} closed the connection"
-            monitor = getattr(self.pairer.observer, "monitor", None)
-            if monitor is not None:
-                monitor.backend_unavailable(reason, self._now(), self.process_id)
-            self.pairer.abandon(reason)
+            why = f"the target {backend.config.describe()} closed the connection"
+            if self._comparison is not None:
+                self._comparison.backend_unavailable(why, self._now(), self.session_id)
+            self.pairer.abandon(why)
             self.gate.resume("target-buffer")
             self.gate.resume("target-lag")
 
@@ -480,9 +535,9 @@ class Session:
                 backend.terminate(send=False, drain=DRAIN_SECONDS)
                 continue
             backend.terminate(send=not client_terminated, drain=drain)
-        self.client.loseConnection()  # type: ignore[attr-defined]
+        self.client.loseConnection()
         if self._on_close is not None:
-            self._on_close(self)  # type: ignore[operator]
+            self._on_close(self)
 
     def cancel(self, reactor: object) -> None:
         """A client's CancelRequest: deliver it to both backends."""

@@ -11,25 +11,10 @@ from __future__ import annotations
 
 from collections import deque
 
-from zope.interface import Interface, implementer
+from zope.interface import implementer
 
+from twinkly.interfaces import IPairObserver
 from twinkly.tracking.responses import Item, StatementResult, SyncPoint
-
-
-class IPairObserver(Interface):
-    """Receives what the pairer matched; the comparator implements this."""
-
-    def statements_paired(truth: StatementResult, target: StatementResult) -> None:
-        """Both backends answered the same request."""
-
-    def statement_unpaired(result: StatementResult, side: str) -> None:
-        """Only ``side`` ("truth" or "target") answered: the other skipped it after an error."""
-
-    def sync_paired(truth: SyncPoint, target: SyncPoint) -> None:
-        """Both backends reached the same ReadyForQuery."""
-
-    def pairing_abandoned(reason: str) -> None:
-        """The session stopped pairing (a cap was reached or a stream was lost)."""
 
 
 @implementer(IPairObserver)
@@ -51,6 +36,9 @@ class PairCounter:
     def sync_paired(self, truth: SyncPoint, target: SyncPoint) -> None:
         self.syncs += 1
 
+    def truth_sync_alone(self, truth: SyncPoint) -> None:
+        pass
+
     def pairing_abandoned(self, reason: str) -> None:
         self.abandoned = reason
 
@@ -65,7 +53,6 @@ class Pairer:
 
     def __init__(self, observer: IPairObserver, max_held: int = 10000) -> None:
         self._observer = observer
-        self.observer = observer
         self._max_held = max_held
         self._truth: deque[Item] = deque()
         self._target: deque[Item] = deque()
@@ -142,7 +129,7 @@ class Pairer:
     def _one_sided(self, item: Item, side: str) -> None:
         if type(item) is SyncPoint:
             self.unpaired_syncs += 1  # a Sync one backend ignored (during COPY)
-            if side == "truth" and hasattr(self._observer, "truth_sync_alone"):
+            if side == "truth":
                 self._observer.truth_sync_alone(item)
         else:
             self._observer.statement_unpaired(item, side)  # type: ignore[arg-type]

@@ -186,7 +186,13 @@ class ResponseTracker:
     ``feed`` takes framed ``(type, payload)`` messages.
     """
 
-    def __init__(self, emit: Callable[[Item], None], clock: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        emit: Callable[[Item], None],
+        clock: Callable[[], float],
+        sample_rows: int = 0,
+        on_copy_in: Callable[[], None] | None = None,
+    ) -> None:
         self._emit = emit
         self._clock = clock
         self._owed: deque[list] = deque()  # [kind, time sent, client message seq]
@@ -199,9 +205,9 @@ class ResponseTracker:
         self.copy_in = False
         self.lost_track: str | None = None  # why results can no longer be trusted
         self.parameters: dict[bytes, bytes] = {}
-        self.on_copy_in: Callable[[], None] | None = None
+        self.on_copy_in = on_copy_in  # told when the backend enters COPY FROM STDIN
         # Rows kept per result for a value-level comparison; past it, digest only.
-        self.sample_rows = 0
+        self.sample_rows = sample_rows
         self.last_key = -1  # key of the last result or sync point emitted
         self.consumed = 0  # bytes of complete messages tracked so far (a stream offset)
         self._message_end = 0

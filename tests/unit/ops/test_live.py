@@ -33,7 +33,9 @@ class FakeFactory:
         self.sessions: dict = {}
         self.sessions_total = 0
         self.monitor = Monitor(ComparisonSettings(), MemorySink(), ("pg15", "pg18"))
-        self.router = None
+
+    def reconfigure(self, config: object) -> None:
+        self.config = config
 
 
 class LiveStatusTests(SynchronousTestCase):
@@ -43,7 +45,14 @@ class LiveStatusTests(SynchronousTestCase):
         self.clock = task.Clock()
         self.factory = FakeFactory(loads(BASE))
         self.applied: list = []
-        self.status = LiveStatus(self.factory, self.clock, self.path, self.applied.append)  # type: ignore[arg-type]
+        self.status = LiveStatus(
+            self.factory,  # type: ignore[arg-type]
+            self.factory.monitor,
+            None,
+            self.clock,
+            self.path,
+            self.applied.append,
+        )
 
     def write(self, text: str) -> None:
         with open(self.path, "w") as f:

@@ -28,7 +28,7 @@ class FakeFactory:
 
 class MetricsTests(SynchronousTestCase):
     def scrape(self, factory: FakeFactory) -> dict:
-        _, metrics = make_metrics(factory)
+        _, metrics = make_metrics(factory, factory.monitor)
         body, content_type = metrics()
         self.assertTrue(content_type.startswith("text/plain"))
         samples = {}

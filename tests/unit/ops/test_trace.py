@@ -8,7 +8,8 @@ from datetime import UTC, datetime
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from twinkly.ops.trace import ProtocolTrace
+from twinkly.ops.trace import ProtocolTrace, session_tap
+from twinkly.testing import ClientHarness
 from twinkly.wire import backend as b
 from twinkly.wire import frontend as f
 from twinkly.wire.buffers import tagged
@@ -417,31 +418,18 @@ class StartupRecordingTests(SynchronousTestCase):
         self.assertEqual([len(d) for _, d in recording.take()], [r.LIMIT - 1])
 
 
-class _FakeBackend:
-    def __init__(self) -> None:
-        self.received: list[bytes] = []
-        self.on_data = self.received.append
-
-
-class _FakeSession:
-    """What trace_when_idle and attach_trace touch of a session."""
-
-    def __init__(self) -> None:
-        self.boundary = False
-        self.traced = False
-        self.truth, self.target = _FakeBackend(), _FakeBackend()
-        self.read: list[bytes] = []
-        self.client_data = self.read.append
-        self._to_client = self._to_truth = self._to_target = lambda data: None
-
-    def at_message_boundary(self) -> bool:
-        return self.boundary
-
-
 class TraceWhenIdleTests(SynchronousTestCase):
+    """A running session traced through its one public hook, ``attach_tap``."""
+
     def setUp(self) -> None:
         self.trace = ProtocolTrace(self.mktemp(), 1 << 20, lambda: 0.0)
-        self.session = _FakeSession()
+        self.h = ClientHarness()
+        self.h.startup()
+        self.truth, self.target = self.h.connect_backends()
+        self.session = self.h.client.session
+        self.id = self.session.session_id
+        for backend in (self.truth, self.target):
+            backend.transport.clear()
 
     def lines(self) -> list[str]:
         self.trace.flush()
@@ -449,32 +437,32 @@ class TraceWhenIdleTests(SynchronousTestCase):
             return f.read().splitlines()
 
     def test_attaches_at_once_at_a_boundary(self) -> None:
-        from twinkly.ops.trace import trace_when_idle
-
-        self.session.boundary = True
-        trace_when_idle(self.session, self.trace, 9)
+        self.session.attach_tap(session_tap(self.trace, self.id))
         self.assertTrue(self.session.traced)
-        self.session.client_data(encode(f.Query("select 1")))
-        self.assertEqual(self.session.read, [encode(f.Query("select 1"))])
-        self.assertIn("s=9 client> Query sql='select 1'", self.lines()[0])
+        self.h.client.dataReceived(encode(f.Query("select 1")))
+        self.assertEqual(self.truth.transport.value(), encode(f.Query("select 1")))
+        self.assertIn(f"s={self.id} client> Query sql='select 1'", self.lines()[0])
 
     def test_waits_for_a_boundary_and_misses_nothing_after_it(self) -> None:
-        from twinkly.ops.trace import trace_when_idle
-
-        trace_when_idle(self.session, self.trace, 9)  # in the middle of a message
-        self.assertFalse(self.session.traced)
         query = encode(f.Query("select 2"))
-        self.session.client_data(query[:3])  # still mid-message: nothing traced
-        self.session.boundary = True
-        self.session.client_data(query[3:])  # this chunk ends the message
+        self.h.client.dataReceived(query[:3])  # in the middle of a message
+        self.session.attach_tap(session_tap(self.trace, self.id))
+        self.assertFalse(self.session.traced)
+        self.h.client.dataReceived(query[3:])  # this chunk ends the message
         self.assertTrue(self.session.traced)
         self.assertEqual(self.lines(), [])  # the partial message is not decoded half-way
-        self.session.truth.on_data(encode(b.ReadyForQuery("I")))
-        self.session.client_data(encode(f.Sync()))
+        self.truth.dataReceived(encode(b.ReadyForQuery("I")))
+        self.h.client.dataReceived(encode(f.Sync()))
+        shown = [line.split(" ", 1)[1] for line in self.lines()]
         self.assertEqual(
-            [line.split(" ", 1)[1] for line in self.lines()],
-            ["s=9 truth< ReadyForQuery status=I", "s=9 client> Sync"],
+            shown,
+            [
+                f"s={self.id} truth< ReadyForQuery status=I",
+                f"s={self.id} client< ReadyForQuery status=I",
+                f"s={self.id} client> Sync",
+                f"s={self.id} truth> Sync",
+                f"s={self.id} target> Sync",
+            ],
         )
-        # The session's own handlers still get every byte, wrapped or not.
-        self.assertEqual(b"".join(self.session.read), query + encode(f.Sync()))
-        self.assertEqual(self.session.truth.received, [encode(b.ReadyForQuery("I"))])
+        # The session's own handlers still get every byte, traced or not.
+        self.assertEqual(self.truth.transport.value(), query + encode(f.Sync()))

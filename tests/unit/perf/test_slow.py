@@ -8,10 +8,10 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
 from twinkly.config.schema import BackendConfig, ExplainConfig
-from twinkly.perf.explain import Explainer, ExplainRequest, ExplainResult, SideConnection
+from twinkly.perf.explain import Explainer, ExplainRequest, ExplainResult
 from twinkly.perf.insight import IInsightProvider
 from twinkly.perf.slow import SlowQueryReporter
-from twinkly.proxy.backend import BackendError
+from twinkly.proxy.backend import BackendError, SideConnection
 from twinkly.wire import frontend as f
 from twinkly.wire.framing import MessageFramer
 

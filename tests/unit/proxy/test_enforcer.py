@@ -6,6 +6,7 @@ from __future__ import annotations
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
+from twinkly.compare.sessions import SessionComparisons
 from twinkly.compare.shared_state import ComparisonSettings, Monitor
 from twinkly.config.schema import loads
 from twinkly.proxy.factory import ProxyFactory
@@ -34,7 +35,9 @@ class EnforcerTests(SynchronousTestCase):
         self.sink = MemorySink()
         settings = ComparisonSettings(fail_on_differences=True)
         monitor = Monitor(settings, self.sink, ("truthdb", "targetdb"))
-        self.factory = ProxyFactory(self.config, MemoryReactorClock(), monitor=monitor)
+        clock = MemoryReactorClock()
+        comparison = SessionComparisons(monitor, clock.seconds)
+        self.factory = ProxyFactory(self.config, clock, comparison=comparison)
         self.client = self.factory.buildProtocol(None)
         self.transport = TCPStringTransport()
         self.client.makeConnection(self.transport)
@@ -132,8 +135,12 @@ class SlowEnforcerTests(SynchronousTestCase):
                 return self.plans[-1][1]
 
         monitor.slow = SlowQueryReporter(monitor.emit, self.reactor.seconds, Explainer())
-        self.factory = ProxyFactory(self.config, self.reactor, monitor=monitor)
-        self.factory.timer = self.reactor.seconds
+        self.factory = ProxyFactory(
+            self.config,
+            self.reactor,
+            comparison=SessionComparisons(monitor, self.reactor.seconds),
+            timer=self.reactor.seconds,
+        )
         self.client = self.factory.buildProtocol(None)
         self.transport = TCPStringTransport()
         self.client.makeConnection(self.transport)

@@ -3,7 +3,6 @@ StringTransports and a MemoryReactorClock. No reactor runs."""
 
 from __future__ import annotations
 
-from twisted.internet import defer
 from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
@@ -11,9 +10,13 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from twinkly.config.schema import loads
 from twinkly.proxy.backend import BackendError, BackendProtocol, startup_parameters
-from twinkly.proxy.factory import ProxyFactory
-from twinkly.testing import CONFIG, TCPStringTransport, client_frames, frames, ready_backend
-from twinkly.tracking.pairing import PairCounter
+from twinkly.testing import (
+    CONFIG,
+    ClientHarness,
+    TCPStringTransport,
+    client_frames,
+    frames,
+)
 from twinkly.wire import backend as b
 from twinkly.wire import frontend as f
 
@@ -64,36 +67,6 @@ class BackendProtocolTests(SynchronousTestCase):
         clock.advance(self.config.truth.connect_timeout + 1)
         failure = self.failureResultOf(protocol.ready, BackendError)
         self.assertIn("did not finish start-up", str(failure.value))
-
-
-class ClientHarness:
-    """A ProxyFactory whose backends are BackendProtocols on StringTransports."""
-
-    def __init__(self, config_text: str = CONFIG) -> None:
-        self.config = loads(config_text)
-        self.reactor = MemoryReactorClock()
-        self.observer = PairCounter()
-        self.factory = ProxyFactory(self.config, self.reactor, lambda: self.observer)
-        self.opening: defer.Deferred = defer.Deferred()
-        self.requested: list[dict[str, str]] = []
-
-        def open_backends(parameters, opened):
-            self.requested.append(parameters)
-            return self.opening
-
-        self.factory.open_backends = open_backends  # type: ignore[method-assign]
-        self.client = self.factory.buildProtocol(None)
-        self.transport = TCPStringTransport()
-        self.client.makeConnection(self.transport)
-
-    def startup(self, **params: str) -> None:
-        self.client.dataReceived(f.StartupMessage({"user": "alice", **params}).encode())
-
-    def connect_backends(self) -> tuple[BackendProtocol, BackendProtocol]:
-        truth = ready_backend(self.config.truth)
-        target = ready_backend(self.config.target)
-        self.opening.callback((truth, target))
-        return truth, target
 
 
 class ClientProtocolTests(SynchronousTestCase):
@@ -222,7 +195,8 @@ class ClientProtocolTests(SynchronousTestCase):
 
 class SessionFlowTests(SynchronousTestCase):
     def setUp(self) -> None:
-        self.h = ClientHarness()
+        # The smallest lag in bytes the configuration accepts, so that 30 rows exceed it.
+        self.h = ClientHarness(CONFIG + "comparison.max-target-lag-bytes = 1024\n")
         self.h.startup()
         self.truth, self.target = self.h.connect_backends()
         self.session = self.h.client.session
@@ -234,7 +208,6 @@ class SessionFlowTests(SynchronousTestCase):
         self.assertEqual(self.truth.transport.producerState, "producing")
 
     def test_target_far_behind_in_bytes_pauses_the_truth(self) -> None:
-        self.session._max_lag_bytes = 1000
         self.h.client.dataReceived(f.encode(f.Query("select big")))
         rows = b"".join(f.encode(b.DataRow((b"x" * 100,))) for _ in range(30))
         self.truth.dataReceived(f.encode(b.RowDescription((b.Column("v"),))) + rows)
@@ -247,7 +220,6 @@ class SessionFlowTests(SynchronousTestCase):
         self.assertEqual(self.truth.transport.producerState, "producing")
 
     def test_a_target_that_already_answered_never_stalls_the_truth(self) -> None:
-        self.session._max_lag_bytes = 1000
         self.h.client.dataReceived(f.encode(f.Query("select big")))
         head = f.encode(b.RowDescription((b.Column("v"),)))
         rows = b"".join(f.encode(b.DataRow((b"x" * 100,))) for _ in range(30))

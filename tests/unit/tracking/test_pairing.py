@@ -6,7 +6,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from twinkly.tracking.pairing import IPairObserver, PairCounter, Pairer
+from twinkly.interfaces import IPairObserver
+from twinkly.tracking.pairing import PairCounter, Pairer
 from twinkly.tracking.responses import SUB_BITS, SYNC_SUB, StatementResult, SyncPoint
 
 
@@ -25,6 +26,9 @@ class Recorder:
 
     def sync_paired(self, truth: SyncPoint, target: SyncPoint) -> None:
         self.calls.append(("sync", truth.status, target.status))
+
+    def truth_sync_alone(self, truth: SyncPoint) -> None:
+        pass
 
     def pairing_abandoned(self, reason: str) -> None:
         self.calls.append(("abandoned", reason))
