@@ -13,6 +13,7 @@ import pytest
 import pytest_twisted
 from twisted.conch.ssh import keys
 from twisted.cred import checkers, credentials, error
+from twisted.internet import reactor
 from twisted.internet.threads import deferToThread
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from zope.interface.verify import verifyObject
@@ -24,7 +25,9 @@ ANSI = re.compile(rb"\x1b\[[0-9;?]*[A-Za-z]|\x1b[()][0-9A-Za-z]|\x1b[=>78DEHMZc]
 
 @pytest_twisted.async_yield_fixture()
 async def manhole() -> AsyncIterator[ManholeService]:
-    svc = manhole_service(0, {"admin": "secret"}, {"answer": 6 * 7, "service": object()}, None)
+    svc = manhole_service(
+        0, {"admin": "secret"}, {"answer": 6 * 7, "service": object()}, None, reactor=reactor
+    )
     assert isinstance(svc, ManholeService)
     errors: list[dict] = []
 
@@ -114,9 +117,9 @@ def test_checker() -> None:
 
 def test_users_are_required() -> None:
     with pytest.raises(ValueError, match="no users"):
-        manhole_service(0, {}, {}, None)
+        manhole_service(0, {}, {}, None, reactor=reactor)
     with pytest.raises(ValueError, match="non-empty password"):
-        manhole_service(0, {"admin": ""}, {}, None)
+        manhole_service(0, {"admin": ""}, {}, None, reactor=reactor)
 
 
 def test_host_key_is_generated_once_and_kept_private(tmp_path: os.PathLike) -> None:

@@ -72,7 +72,7 @@ class Options(usage.Options):
 def makeService(options: Options, reactor: IReactorTime | None = None) -> MultiService:
     """The service tree twistd runs; ``reactor`` is given by tests (twistd gives none)."""
     if reactor is None:
-        from twisted.internet import reactor as installed
+        from twisted.internet import reactor as installed  # noqa: TID251
 
         reactor = installed  # type: ignore[assignment]
     try:

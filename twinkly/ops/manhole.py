@@ -20,7 +20,7 @@ from twisted.conch.ssh import keys
 from twisted.conch.ssh.transport import SSHServerTransport
 from twisted.cred import checkers, credentials, error, portal
 from twisted.internet import defer
-from twisted.internet.interfaces import IListeningPort
+from twisted.internet.interfaces import IListeningPort, IReactorTCP
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -102,8 +102,14 @@ class ManholeService(service.Service):
     """Listens for SSH on start; ``port`` is the IListeningPort while running."""
 
     def __init__(
-        self, port: int, portal_: portal.Portal, host_key_path: str | None, interface: str
+        self,
+        port: int,
+        portal_: portal.Portal,
+        host_key_path: str | None,
+        interface: str,
+        reactor: IReactorTCP,
     ) -> None:
+        self._reactor = reactor
         self._portnum, self._portal = port, portal_
         self._host_key_path, self._interface = host_key_path, interface
         self.port: IListeningPort | None = None
@@ -116,8 +122,6 @@ class ManholeService(service.Service):
         return self.port.getHost().port
 
     def startService(self) -> None:
-        from twisted.internet import reactor
-
         key = self.host_key = load_host_key(self._host_key_path)
         factory = self._factory = ConchFactory(self._portal)
         factory.protocol = _Transport
@@ -125,7 +129,7 @@ class ManholeService(service.Service):
         # Per-instance dicts: ConchFactory's class attributes are shared by all factories.
         factory.publicKeys = {key.sshType(): key.public()}
         factory.privateKeys = {key.sshType(): key}
-        self.port = reactor.listenTCP(self._portnum, factory, interface=self._interface)
+        self.port = self._reactor.listenTCP(self._portnum, factory, interface=self._interface)
         super().startService()
         fingerprint = key.fingerprint(keys.FingerprintFormats.SHA256_BASE64).rstrip("=")
         where, kind = f"{self._interface}:{self.bound_port()}", key.sshType().decode()
@@ -153,6 +157,8 @@ def manhole_service(
     namespace: dict,
     host_key_path: str | None,
     interface: str = "127.0.0.1",
+    *,
+    reactor: IReactorTCP,
 ) -> service.IService:
     """An SSH manhole on ``interface:port``: password login against ``users``, then a
     ColoredManhole whose globals are (a per-session copy of) ``namespace``."""
@@ -164,5 +170,5 @@ def manhole_service(
     realm.sessionFactory = _TerminalSession
     realm.chainedProtocolFactory = chainedProtocolFactory(namespace)
     return ManholeService(
-        port, portal.Portal(realm, [PasswordChecker(users)]), host_key_path, interface
+        port, portal.Portal(realm, [PasswordChecker(users)]), host_key_path, interface, reactor
     )

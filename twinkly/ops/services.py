@@ -61,7 +61,12 @@ def attach_operations(
         }
         port = manhole_port if manhole_port is not None else manhole.port
         manhole_service(
-            port, dict(manhole.users), namespace, manhole.host_key, manhole.listen_address
+            port,
+            dict(manhole.users),
+            namespace,
+            manhole.host_key,
+            manhole.listen_address,
+            reactor=reactor,
         ).setServiceParent(top)
     interval = config.monitoring.progress_interval
     if interval > 0:

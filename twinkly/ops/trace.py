@@ -265,7 +265,7 @@ class _Leg:
             sql = "; ".join(info.redacted for info in analyze(sql))
         return repr(_clip(sql, MAX_SQL_CHARS))
 
-    def _fields(self, m: object) -> str:
+    def _fields(self, m: object) -> str:  # noqa: C901 - one branch per message type
         redact = self._trace.redact
         match m:
             case f.Query():

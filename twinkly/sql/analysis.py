@@ -191,7 +191,7 @@ class _Notes:
         self.modifies = False  # INSERT/UPDATE/DELETE/MERGE anywhere, e.g. in a CTE
         self.locks = False  # FOR UPDATE / SHARE / ...
 
-    def note(self, kind: str, node: Tree) -> None:
+    def note(self, kind: str, node: Tree) -> None:  # noqa: C901 - one branch per node kind
         """Note what one node (of a type in _NOTED) says."""
         if kind == "RangeVar":
             self.range_vars.append(node)
