@@ -38,8 +38,8 @@ def build_service(
     config: Config, reactor: Any, config_path: str | None, manhole_port: int | None = None
 ) -> MultiService:
     """The whole running proxy for ``config``."""
-    monitor = build_monitor(config, reactor)
-    comparing = monitor if config.comparison.enabled else None
+    # Without comparison there is nothing to judge and no events file to write.
+    comparing = build_monitor(config, reactor) if config.comparison.enabled else None
     tracer = build_tracer(config, reactor)
     status: LiveStatus | None = None  # made once the factory exists; the console reads it
     admin = AdminConsoles(config.proxy.admin.users, lambda: status)
