@@ -18,13 +18,18 @@ _QUERY, _PARSE = ord("Q"), ord("P")
 def commit_becomes_rollback(
     data: bytes,
     messages: list[tuple[int, bytes]],
-    is_commit: Callable[[bytes], bool],
+    analyze: Callable[[str], tuple],
 ) -> bytes | None:
     """``data`` with each COMMIT (a simple Query, or a Parse) replaced by ROLLBACK, or
     None when there is none. ``data`` must hold exactly ``messages``, whole: a chunk
     that holds part of a message is never rewritten (COMMIT is sent alone and small)."""
     if sum(5 + len(p) for _, p in messages) != len(data):
         return None
+
+    def is_commit(sql: bytes) -> bool:
+        infos = analyze(sql.decode("utf-8", "replace"))
+        return len(infos) == 1 and infos[0].transaction == "commit"
+
     changed = False
     out = []
     for type_byte, payload in messages:

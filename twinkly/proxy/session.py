@@ -42,6 +42,7 @@ from twinkly.proxy.lag import LagControl
 from twinkly.proxy.rollback import commit_becomes_rollback
 from twinkly.proxy.routing import QueryRouting, Router
 from twinkly.proxy.sockets import immediate_writer
+from twinkly.proxy.tap import Tap, tee
 from twinkly.proxy.verdicts import VerdictQueue
 from twinkly.tracking.contexts import INTERNAL, ClientContexts
 from twinkly.tracking.pairing import Pairer
@@ -66,9 +67,6 @@ _EXECUTE = ord("E")
 
 DRAIN_SECONDS = 30.0  # how long a closed session waits for a backend's owed answers
 
-# A protocol tap: (leg, direction) -> a function given every chunk of that leg, where
-# leg is "client", "truth" or "target" and direction ">" (towards) or "<" (from) it.
-Tap = dict[tuple[str, str], Callable[[bytes], None]]
 ObserverFactory = Callable[[ISessionFacts, IVerdictListener | None], IPairObserver]
 
 
@@ -249,13 +247,6 @@ class Session:
             self._pending_tap = tap
 
     def _tap(self, tap: Tap) -> None:
-        def tee(leg: Callable[[bytes], None], then: Callable[[bytes], Any]) -> Callable:
-            def traced(data: bytes) -> Any:
-                leg(data)
-                return then(data)
-
-            return traced
-
         self._pending_tap = None
         self.traced = True
         self._tap_in = tap
@@ -386,7 +377,7 @@ class Session:
         """The truth's transaction has failed: the target's COMMIT goes as ROLLBACK."""
         if self._client_framer.buffered:
             return data  # part of a message is still to come: never rewritten
-        rewritten = commit_becomes_rollback(data, messages, self._is_commit)
+        rewritten = commit_becomes_rollback(data, messages, self.analyze)  # type: ignore[arg-type]
         if rewritten is None:
             return data
         log.info(
@@ -395,10 +386,6 @@ class Session:
             pid=self.session_id,
         )
         return rewritten
-
-    def _is_commit(self, sql: bytes) -> bool:
-        infos = self.analyze(sql.decode("utf-8", "replace"))  # type: ignore[misc]
-        return len(infos) == 1 and infos[0].transaction == "commit"
 
     def truth_data(self, data: bytes) -> None:
         if self.traced:
