@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 from twisted.application.service import Service
@@ -27,20 +28,35 @@ class ProxyService(Service):
         reactor: object,
         monitor: Any = None,
         tracer: Any = None,
+        reuse_port: bool = False,
     ) -> None:
         self.factory = factory
         self.monitor = monitor  # its events are flushed and closed at the end
         self.tracer = tracer
+        self.reuse_port = reuse_port  # several workers listen on the same address
         self.reactor = reactor
         self.port = None
 
     def startService(self) -> None:
         super().startService()
         proxy = self.factory.config.proxy
-        endpoint_type = TCP6ServerEndpoint if ":" in proxy.listen_address else TCP4ServerEndpoint
-        endpoint = endpoint_type(self.reactor, proxy.listen_port, interface=proxy.listen_address)
         # Listening happens before the reactor runs, so a taken port stops start-up.
-        d = endpoint.listen(self.factory)
+        if self.reuse_port:
+            d = defer.maybeDeferred(
+                listen_reusing_port,
+                self.reactor,
+                proxy.listen_address,
+                proxy.listen_port,
+                self.factory,
+            )
+        else:
+            endpoint_type = (
+                TCP6ServerEndpoint if ":" in proxy.listen_address else TCP4ServerEndpoint
+            )
+            endpoint = endpoint_type(
+                self.reactor, proxy.listen_port, interface=proxy.listen_address
+            )
+            d = endpoint.listen(self.factory)
         d.addCallback(self._listening)
         d.addErrback(self._cannot_listen)
 
@@ -115,3 +131,20 @@ def _sleep(reactor: object, seconds: float) -> defer.Deferred:
     d: defer.Deferred = defer.Deferred()
     reactor.callLater(seconds, d.callback, None)  # type: ignore[attr-defined]
     return d
+
+
+def listen_reusing_port(reactor: Any, address: str, port: int, factory: Any) -> Any:
+    """Listen with SO_REUSEPORT, as pgbouncer's ``so_reuseport``: every worker has its
+    own listening socket on the same address, and the kernel spreads new connections
+    over them."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((address, port))
+        sock.listen(1024)
+        sock.setblocking(False)
+        return reactor.adoptStreamPort(sock.fileno(), family, factory)
+    finally:
+        sock.close()  # the reactor keeps its own copy of the descriptor

@@ -6,7 +6,8 @@ from twisted.application.service import MultiService
 from twisted.internet.interfaces import IReactorTime
 from twisted.python import usage
 
-from twinkly.app.wiring import build_service
+from twinkly.app.wiring import WorkerPlace, build_service
+from twinkly.app.workers import build_supervisor
 from twinkly.config.schema import ConfigError, load
 
 
@@ -47,6 +48,12 @@ class Options(usage.Options):
         ],
     ]
 
+    # Set by the supervisor on the workers it starts (proxy.workers > 1); not for users.
+    optParameters += [
+        ["worker", None, None, "(internal) run as worker number N under a supervisor."],
+        ["run-dir", None, None, "(internal) the workers' control sockets."],
+    ]
+
     def postOptions(self) -> None:
         try:
             config = load(self["config"])
@@ -66,7 +73,23 @@ class Options(usage.Options):
                     "--manhole-port: needs a port number and monitoring.manhole.users"
                 )
             self["manhole-port"] = port
+        if self["worker"] is not None:
+            if self["run-dir"] is None or not self["worker"].isdigit():
+                raise usage.UsageError("--worker: needs a worker number and --run-dir")
+            self["worker"] = int(self["worker"])
+        elif config.proxy.workers > 1 and config.proxy.listen_port == 0:
+            raise usage.UsageError(
+                "proxy.workers: several workers need a fixed proxy.listen-port, not 0"
+            )
         self["parsed"] = config
+
+    def overrides(self) -> list[str]:
+        """The command-line overrides, as the workers are given them."""
+        given = []
+        for name in ("listen", "source-of-truth", "manhole-port"):
+            if self[name] is not None:
+                given += [f"--{name}", str(self[name])]
+        return given
 
 
 def makeService(options: Options, reactor: IReactorTime | None = None) -> MultiService:
@@ -75,7 +98,13 @@ def makeService(options: Options, reactor: IReactorTime | None = None) -> MultiS
         from twisted.internet import reactor as installed  # noqa: TID251
 
         reactor = installed  # type: ignore[assignment]
+    config = options["parsed"]
     try:
-        return build_service(options["parsed"], reactor, options["config"], options["manhole-port"])
+        if options["worker"] is not None:
+            place = WorkerPlace(options["worker"], options["run-dir"])
+            return build_service(config, reactor, options["config"], options["manhole-port"], place)
+        if config.proxy.workers > 1:
+            return build_supervisor(config, reactor, options["config"], options.overrides())
+        return build_service(config, reactor, options["config"], options["manhole-port"])
     except ConfigError as e:
         raise SystemExit(f"twinkly: {e}") from None

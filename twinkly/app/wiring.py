@@ -11,8 +11,9 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
+from twisted.application import internet
 from twisted.application.service import MultiService
 
 from twinkly.app.service import ProxyService
@@ -21,8 +22,18 @@ from twinkly.compare.shared_state import ComparisonSettings, Monitor
 from twinkly.compare.values import NormalizationRules
 from twinkly.config.schema import AIConfig, BackendConfig, Config, ConfigError
 from twinkly.ops.admin import AdminConsoles
+from twinkly.ops.cluster import (
+    POLL_SECONDS,
+    ClusterStatus,
+    PeerStates,
+    Workers,
+    control_site,
+    control_socket,
+)
 from twinkly.ops.live import LiveStatus
+from twinkly.ops.metrics import make_metrics
 from twinkly.ops.services import attach_operations
+from twinkly.ops.status import IStatus
 from twinkly.ops.trace import ProtocolTrace, SessionTracer
 from twinkly.perf.explain import Explainer
 from twinkly.perf.insight import HeuristicInsightProvider, IInsightProvider, LLMInsightProvider
@@ -30,29 +41,57 @@ from twinkly.perf.latency import SlowQuerySettings
 from twinkly.perf.slow import SlowQueryReporter
 from twinkly.proxy.backend import connect_backend
 from twinkly.proxy.factory import ProxyFactory
+from twinkly.proxy.keys import CancelKeys
 from twinkly.report.bundles import BundleWriter
 from twinkly.report.sink import FanOutSink, IEventSink, JsonLinesSink
 
 
+class WorkerPlace(NamedTuple):
+    """Which worker this process is, and where the workers' control sockets live."""
+
+    index: int
+    run_dir: str
+
+
 def build_service(
-    config: Config, reactor: Any, config_path: str | None, manhole_port: int | None = None
+    config: Config,
+    reactor: Any,
+    config_path: str | None,
+    manhole_port: int | None = None,
+    worker: WorkerPlace | None = None,
 ) -> MultiService:
-    """The whole running proxy for ``config``."""
+    """The whole running proxy for ``config``; ``worker`` when it is one of several
+    worker processes (``proxy.workers``) under a supervisor."""
     # Without comparison there is nothing to judge and no events file to write.
     comparing = build_monitor(config, reactor) if config.comparison.enabled else None
     tracer = build_tracer(config, reactor)
-    status: LiveStatus | None = None  # made once the factory exists; the console reads it
-    admin = AdminConsoles(config.proxy.admin.users, lambda: status)
+    seen: IStatus | None = None  # made once the factory exists; the console reads it
+    admin = AdminConsoles(config.proxy.admin.users, lambda: seen)
+    siblings = (
+        Workers(reactor, worker.run_dir, config.proxy.workers, worker.index) if worker else None
+    )
     factory = ProxyFactory(
         config,
         reactor,
         comparison=SessionComparisons(comparing, reactor.seconds) if comparing else None,
         admin=admin,
         tracer=tracer,
+        keys=CancelKeys(worker.index if worker else 0),
+        forward_cancel=siblings.forward_cancel if siblings else None,
     )
     top = MultiService()
-    ProxyService(factory, reactor, comparing, tracer).setServiceParent(top)
-    status = attach_operations(
+    ProxyService(
+        factory, reactor, comparing, tracer, reuse_port=worker is not None
+    ).setServiceParent(top)
+    _, metrics = make_metrics(factory, comparing)
+    peers = PeerStates(siblings) if siblings else None
+
+    def shared(status: LiveStatus) -> IStatus:
+        if peers is None:
+            return status
+        return ClusterStatus(status, peers, metrics, reactor.seconds())
+
+    live = attach_operations(
         top,
         factory,
         comparing,
@@ -61,7 +100,18 @@ def build_service(
         config_path,
         manhole_port,
         lambda new: apply_comparison(comparing, new),
+        serve_http=worker is None,
+        allow_manhole=worker is None or worker.index == 0,
+        shared=shared,
     )
+    seen = shared(live)
+    if worker is not None and peers is not None:
+        path = control_socket(worker.run_dir, worker.index)
+        site = control_site(live, metrics, factory.cancel)
+        internet.UNIXServer(path, site, mode=0o600, wantPID=False).setServiceParent(top)
+        poller = internet.TimerService(POLL_SECONDS, peers.poll)
+        poller.clock = reactor
+        poller.setServiceParent(top)
     return top
 
 

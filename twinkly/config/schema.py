@@ -7,6 +7,7 @@ silently ignored.
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -74,6 +75,7 @@ class ProxyConfig:
     listen_port: int = 5431
     max_message_bytes: int = 64 * 1024 * 1024
     shutdown_timeout: float = 10.0
+    workers: int = 1  # proxy processes sharing the listening address ("auto": one per core)
     tls_cert_file: str | None = None
     tls_key_file: str | None = None
     auth: ClientAuthConfig = field(default_factory=ClientAuthConfig)
@@ -267,6 +269,16 @@ def _client_auth(section: Section) -> ClientAuthConfig:
     return ClientAuthConfig(method, tuple(users))
 
 
+MAX_WORKERS = 64  # the worker index travels in the high bits of the cancel key
+
+
+def _workers(section: Section) -> int:
+    """``proxy.workers``: a count, or ``auto`` for one per core."""
+    if section.string("workers", None) == "auto":
+        return max(1, min(os.cpu_count() or 1, MAX_WORKERS))
+    return section.integer("workers", 1, 1, MAX_WORKERS)
+
+
 def _proxy(section: Section) -> ProxyConfig:
     tls = section.section("tls")
     flow = section.section("flow")
@@ -280,6 +292,7 @@ def _proxy(section: Section) -> ProxyConfig:
             "max-message-bytes", 64 * 1024 * 1024, 1024, 1024 * 1024 * 1024
         ),
         shutdown_timeout=section.seconds("shutdown-timeout", 10.0),
+        workers=_workers(section),
         tls_cert_file=tls.string("cert-file", None),
         tls_key_file=tls.string("key-file", None),
         auth=_client_auth(auth),

@@ -28,23 +28,30 @@ def attach_operations(
     config_path: str | None,
     manhole_port: int | None = None,
     apply_comparison: Callable[[Config], None] | None = None,
+    *,
+    serve_http: bool = True,
+    allow_manhole: bool = True,
+    shared: Callable[[LiveStatus], Any] | None = None,
 ) -> LiveStatus:
-    """Add what ``monitoring`` and ``debug`` ask for under ``top``; returns the status
-    the admin console, the dashboard and the manhole share."""
+    """Add what ``monitoring`` and ``debug`` ask for under ``top``; returns the live
+    status of this process. ``shared(status)`` gives the status the operator sees when
+    several workers serve together (one worker's admin console speaks for all); a worker
+    leaves the HTTP server to the supervisor, and only worker 0 holds the manhole."""
     config = factory.config
     status = LiveStatus(factory, monitor, tracer, reactor, config_path, apply_comparison)
+    seen = shared(status) if shared is not None else status
     http = config.monitoring.http
-    if http.enabled:
+    if http.enabled and serve_http:
         from twinkly.ops.http import make_site
         from twinkly.ops.metrics import make_metrics
 
         _, metrics = make_metrics(factory, monitor)
-        site = make_site(status, metrics)
+        site = make_site(seen, metrics)
         site.noisy = False
         server = internet.TCPServer(http.port, site, interface=http.listen_address)
         server.setServiceParent(top)
     manhole = config.monitoring.manhole
-    if manhole.enabled or manhole_port is not None:
+    if allow_manhole and (manhole.enabled or manhole_port is not None):
         if not manhole.users:
             raise ConfigError("monitoring.manhole.users: the manhole needs at least one user")
         from twinkly.ops.manhole import manhole_service
@@ -73,7 +80,7 @@ def attach_operations(
         timer = internet.TimerService(interval, log_progress, status)
         timer.clock = reactor
         timer.setServiceParent(top)
-    ReloadOnHangup(status, reactor).setServiceParent(top)
+    ReloadOnHangup(seen, reactor).setServiceParent(top)
     return status
 
 

@@ -6,7 +6,6 @@ makes its ``Session`` and keeps the registry of live sessions with their cancel 
 
 from __future__ import annotations
 
-import os
 import secrets
 import time
 from collections import Counter
@@ -22,6 +21,7 @@ from twinkly.config.schema import Config
 from twinkly.interfaces import IAdminConsoles, IComparison, IPairObserver, ISessionTracer
 from twinkly.proxy.backend import BackendProtocol, connect_backend, startup_parameters
 from twinkly.proxy.client import ClientProtocol
+from twinkly.proxy.keys import CancelKeys
 from twinkly.proxy.routing import make_router
 from twinkly.proxy.session import Session, session_counters
 from twinkly.tracking.pairing import PairCounter
@@ -54,6 +54,8 @@ class ProxyFactory(Factory):
         admin: IAdminConsoles | None = None,
         tracer: ISessionTracer | None = None,
         timer: Callable[[], float] = time.monotonic,
+        keys: CancelKeys | None = None,
+        forward_cancel: Callable[[int, int, bytes], None] | None = None,
     ) -> None:
         self.config = config
         self.reactor = reactor
@@ -62,6 +64,9 @@ class ProxyFactory(Factory):
         self.admin = admin
         self.tracer = tracer
         self.timer = timer  # statement timings: monotonic, so a clock step cannot look slow
+        self.keys = keys or CancelKeys()
+        # With several workers: (owner index, process id, secret) to the owning worker.
+        self._forward_cancel = forward_cancel
         self.clients: set[ClientProtocol] = set()
         self.sessions: dict[int, tuple[bytes, Session]] = {}
         self.tls_options = _server_tls_options(config)
@@ -120,8 +125,7 @@ class ProxyFactory(Factory):
     ) -> tuple[Session, BackendKeyData]:
         """The session of a client whose backends are ready, registered under Twinkly's
         own cancel key (which the client gets in BackendKeyData)."""
-        process_id = self._free_process_id()
-        secret = os.urandom(4)
+        process_id, secret = self.keys.allocate(self.sessions)
         comparison = self.comparison
         session = Session(
             transport,
@@ -141,12 +145,6 @@ class ProxyFactory(Factory):
         self.sessions_total += 1
         return session, BackendKeyData(process_id, secret)
 
-    def _free_process_id(self) -> int:
-        while True:
-            process_id = secrets.randbelow(2**31 - 1) + 1
-            if process_id not in self.sessions:
-                return process_id
-
     def _connect_failed(self, failure: Failure, label: str) -> Failure:
         if getattr(failure.value, "sqlstate", "08006").startswith("08"):
             self.connect_failures[label] += 1
@@ -163,6 +161,10 @@ class ProxyFactory(Factory):
             self.closed_totals.update(session_counters(session))
 
     def cancel(self, process_id: int, secret: bytes) -> None:
+        owner = self.keys.owner(process_id)
+        if owner != self.keys.worker and self._forward_cancel is not None:
+            self._forward_cancel(owner, process_id, secret)
+            return
         entry = self.sessions.get(process_id)
         if entry is None or not secrets.compare_digest(entry[0], secret):
             log.info("ignoring cancel request with an unknown key")
