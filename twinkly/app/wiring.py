@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from twisted.application.service import MultiService
+from twisted.internet.interfaces import IReactorTime
 
-from twinkly.app.service import ProxyService
+from twinkly.app.service import IServiceReactor, ProxyService
 from twinkly.compare.sessions import SessionComparisons
 from twinkly.compare.shared_state import ComparisonSettings, Monitor
 from twinkly.compare.values import NormalizationRules
@@ -35,7 +36,10 @@ from twinkly.report.sink import FanOutSink, IEventSink, JsonLinesSink
 
 
 def build_service(
-    config: Config, reactor: Any, config_path: str | None, manhole_port: int | None = None
+    config: Config,
+    reactor: IServiceReactor,
+    config_path: str | None,
+    manhole_port: int | None = None,
 ) -> MultiService:
     """The whole running proxy for ``config``."""
     # Without comparison there is nothing to judge and no events file to write.
@@ -65,7 +69,7 @@ def build_service(
     return top
 
 
-def build_tracer(config: Config, reactor: Any) -> SessionTracer:
+def build_tracer(config: Config, reactor: IReactorTime) -> SessionTracer:
     """debug.log-protocol: every session traced from its start-up; otherwise the file
     is opened at the first TRACE of the admin console."""
     debug = config.debug
@@ -87,7 +91,7 @@ def build_tracer(config: Config, reactor: Any) -> SessionTracer:
     return SessionTracer(open_trace, debug.log_protocol, debug.log_protocol_application)
 
 
-def build_monitor(config: Config, reactor: object) -> Monitor:
+def build_monitor(config: Config, reactor: IServiceReactor) -> Monitor:
     """The comparison state shared by all sessions, with its events file."""
     settings = comparison_settings(config)
     sink: IEventSink = JsonLinesSink(config.reporting.events_file, reactor)
@@ -104,13 +108,15 @@ def build_monitor(config: Config, reactor: object) -> Monitor:
         settings,
         sink,
         (config.truth.label, config.target.label),
-        clock=reactor.seconds,  # type: ignore[attr-defined]
+        clock=reactor.seconds,
         slow=build_slow_reporter(config, reactor, emit),
     )
     return monitor
 
 
-def build_slow_reporter(config: Config, reactor: Any, emit: Any) -> SlowQueryReporter:
+def build_slow_reporter(
+    config: Config, reactor: IServiceReactor, emit: Callable[[dict], bool]
+) -> SlowQueryReporter:
     """Plans on side connections, and the insight providers that read them."""
 
     def connect(backend: BackendConfig, parameters: dict[str, str]):  # type: ignore[no-untyped-def]
@@ -123,14 +129,14 @@ def build_slow_reporter(config: Config, reactor: Any, emit: Any) -> SlowQueryRep
         providers.append(build_llm_provider(ai, reactor))
     return SlowQueryReporter(
         emit,
-        reactor.seconds,  # type: ignore[attr-defined]
+        reactor.seconds,
         explainer,
         providers,
         redact_for_providers=ai.redact,
     )
 
 
-def build_llm_provider(ai: AIConfig, reactor: object) -> object:
+def build_llm_provider(ai: AIConfig, reactor: IServiceReactor) -> IInsightProvider:
     from treq.client import HTTPClient
     from twisted.web.client import Agent, HTTPConnectionPool
 

@@ -104,7 +104,8 @@ def log_progress(status: LiveStatus) -> None:
 class ReloadOnHangup(service.Service):
     """SIGHUP re-reads the configuration file without dropping a session."""
 
-    name = "twinkly-reload"
+    # Twisted's Service says ``name = None`` unannotated (so: type None); IService: a str.
+    name = "twinkly-reload"  # type: ignore[assignment]
 
     def __init__(self, status: LiveStatus, reactor: Any) -> None:
         self.status = status
