@@ -7,8 +7,11 @@ from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet import defer
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
+from twisted.internet.interfaces import IListeningPort, IReactorCore, IReactorTCP, IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from twinkly.proxy.client import fatal
 from twinkly.proxy.factory import ProxyFactory
@@ -16,16 +19,21 @@ from twinkly.proxy.factory import ProxyFactory
 log = Logger()
 
 
+class IServiceReactor(IReactorCore, IReactorTime, IReactorTCP):
+    """What the proxy service uses of its reactor (every Twisted reactor provides it all)."""
+
+
 class ProxyService(Service):
     """Listens for clients. ``stopService`` stops accepting at once, waits up to
     ``proxy.shutdown-timeout`` for sessions to end, then closes the rest."""
 
-    name = "twinkly-proxy"
+    # Twisted's Service says ``name = None`` unannotated (so: type None); IService: a str.
+    name = "twinkly-proxy"  # type: ignore[assignment]
 
     def __init__(
         self,
         factory: ProxyFactory,
-        reactor: object,
+        reactor: IServiceReactor,
         monitor: Any = None,
         tracer: Any = None,
         reuse_port: bool = False,
@@ -35,7 +43,7 @@ class ProxyService(Service):
         self.tracer = tracer
         self.reuse_port = reuse_port  # several workers listen on the same address
         self.reactor = reactor
-        self.port = None
+        self.port: IListeningPort | None = None
 
     def startService(self) -> None:
         super().startService()
@@ -60,9 +68,10 @@ class ProxyService(Service):
         d.addCallback(self._listening)
         d.addErrback(self._cannot_listen)
 
-    def _listening(self, port: object) -> None:
+    def _listening(self, port: IListeningPort) -> None:
         self.port = port
-        address = port.getHost()  # type: ignore[attr-defined]
+        address = port.getHost()
+        assert isinstance(address, IPv4Address | IPv6Address)  # a TCP endpoint's
         config = self.factory.config
         log.info(
             "Twinkly listening on {host}:{port}; source of truth {truth}, target {target}",
@@ -72,9 +81,9 @@ class ProxyService(Service):
             target=config.target.describe(),
         )
 
-    def _cannot_listen(self, failure: object) -> None:
-        log.failure("cannot listen", failure)  # type: ignore[arg-type]
-        self.reactor.stop()  # type: ignore[attr-defined]
+    def _cannot_listen(self, failure: Failure) -> None:
+        log.failure("cannot listen", failure)
+        self.reactor.stop()
 
     @defer.inlineCallbacks
     def stopService(self):  # type: ignore[no-untyped-def]
@@ -90,8 +99,8 @@ class ProxyService(Service):
                 timeout=timeout,
                 count=len(clients),
             )
-            deadline = self.reactor.seconds() + timeout  # type: ignore[attr-defined]
-            while clients and self.reactor.seconds() < deadline:  # type: ignore[attr-defined]
+            deadline = self.reactor.seconds() + timeout
+            while clients and self.reactor.seconds() < deadline:
                 yield _sleep(self.reactor, 0.1)
         for client in list(clients):
             client.transport.write(
@@ -100,8 +109,8 @@ class ProxyService(Service):
             if client.session is not None:
                 client.session.close()
             client.transport.loseConnection()
-        give_up = self.reactor.seconds() + 1.0  # type: ignore[attr-defined]
-        while clients and self.reactor.seconds() < give_up:  # type: ignore[attr-defined]
+        give_up = self.reactor.seconds() + 1.0
+        while clients and self.reactor.seconds() < give_up:
             yield _sleep(self.reactor, 0.05)
         for client in list(clients):
             client.transport.abortConnection()
@@ -127,9 +136,9 @@ class ProxyService(Service):
             self.tracer.close()
 
 
-def _sleep(reactor: object, seconds: float) -> defer.Deferred:
-    d: defer.Deferred = defer.Deferred()
-    reactor.callLater(seconds, d.callback, None)  # type: ignore[attr-defined]
+def _sleep(reactor: IReactorTime, seconds: float) -> defer.Deferred[None]:
+    d: defer.Deferred[None] = defer.Deferred()
+    reactor.callLater(seconds, d.callback, None)
     return d
 
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 from twisted.application.service import MultiService
-from twisted.internet.interfaces import IReactorTime
 from twisted.python import usage
 
+from twinkly.app.service import IServiceReactor
 from twinkly.app.wiring import WorkerPlace, build_service
 from twinkly.app.workers import build_supervisor
 from twinkly.config.schema import ConfigError, load
@@ -92,12 +94,13 @@ class Options(usage.Options):
         return given
 
 
-def makeService(options: Options, reactor: IReactorTime | None = None) -> MultiService:
+def makeService(options: Options, reactor: IServiceReactor | None = None) -> MultiService:
     """The service tree twistd runs; ``reactor`` is given by tests (twistd gives none)."""
     if reactor is None:
         from twisted.internet import reactor as installed  # noqa: TID251
 
-        reactor = installed  # type: ignore[assignment]
+        # mypy sees the module twisted.internet.reactor; installed, it is the reactor.
+        reactor = cast(IServiceReactor, installed)
     config = options["parsed"]
     try:
         if options["worker"] is not None:

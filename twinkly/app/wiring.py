@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 from twisted.application import internet
 from twisted.application.service import MultiService
+from twisted.internet.interfaces import IReactorTime
 
-from twinkly.app.service import ProxyService
+from twinkly.app.service import IServiceReactor, ProxyService
 from twinkly.compare.sessions import SessionComparisons
 from twinkly.compare.shared_state import ComparisonSettings, Monitor
 from twinkly.compare.values import NormalizationRules
@@ -49,13 +51,13 @@ from twinkly.report.sink import FanOutSink, IEventSink, JsonLinesSink
 class WorkerPlace(NamedTuple):
     """Which worker this process is, and where the workers' control sockets live."""
 
-    index: int
+    number: int
     run_dir: str
 
 
 def build_service(
     config: Config,
-    reactor: Any,
+    reactor: IServiceReactor,
     config_path: str | None,
     manhole_port: int | None = None,
     worker: WorkerPlace | None = None,
@@ -68,7 +70,7 @@ def build_service(
     seen: IStatus | None = None  # made once the factory exists; the console reads it
     admin = AdminConsoles(config.proxy.admin.users, lambda: seen)
     siblings = (
-        Workers(reactor, worker.run_dir, config.proxy.workers, worker.index) if worker else None
+        Workers(reactor, worker.run_dir, config.proxy.workers, worker.number) if worker else None
     )
     factory = ProxyFactory(
         config,
@@ -76,7 +78,7 @@ def build_service(
         comparison=SessionComparisons(comparing, reactor.seconds) if comparing else None,
         admin=admin,
         tracer=tracer,
-        keys=CancelKeys(worker.index if worker else 0),
+        keys=CancelKeys(worker.number if worker else 0),
         forward_cancel=siblings.forward_cancel if siblings else None,
     )
     top = MultiService()
@@ -101,12 +103,12 @@ def build_service(
         manhole_port,
         lambda new: apply_comparison(comparing, new),
         serve_http=worker is None,
-        allow_manhole=worker is None or worker.index == 0,
+        allow_manhole=worker is None or worker.number == 0,
         shared=shared,
     )
     seen = shared(live)
     if worker is not None and peers is not None:
-        path = control_socket(worker.run_dir, worker.index)
+        path = control_socket(worker.run_dir, worker.number)
         site = control_site(live, metrics, factory.cancel)
         internet.UNIXServer(path, site, mode=0o600, wantPID=False).setServiceParent(top)
         poller = internet.TimerService(POLL_SECONDS, peers.poll)
@@ -115,7 +117,7 @@ def build_service(
     return top
 
 
-def build_tracer(config: Config, reactor: Any) -> SessionTracer:
+def build_tracer(config: Config, reactor: IReactorTime) -> SessionTracer:
     """debug.log-protocol: every session traced from its start-up; otherwise the file
     is opened at the first TRACE of the admin console."""
     debug = config.debug
@@ -137,7 +139,7 @@ def build_tracer(config: Config, reactor: Any) -> SessionTracer:
     return SessionTracer(open_trace, debug.log_protocol, debug.log_protocol_application)
 
 
-def build_monitor(config: Config, reactor: object) -> Monitor:
+def build_monitor(config: Config, reactor: IServiceReactor) -> Monitor:
     """The comparison state shared by all sessions, with its events file."""
     settings = comparison_settings(config)
     sink: IEventSink = JsonLinesSink(config.reporting.events_file, reactor)
@@ -154,13 +156,15 @@ def build_monitor(config: Config, reactor: object) -> Monitor:
         settings,
         sink,
         (config.truth.label, config.target.label),
-        clock=reactor.seconds,  # type: ignore[attr-defined]
+        clock=reactor.seconds,
         slow=build_slow_reporter(config, reactor, emit),
     )
     return monitor
 
 
-def build_slow_reporter(config: Config, reactor: Any, emit: Any) -> SlowQueryReporter:
+def build_slow_reporter(
+    config: Config, reactor: IServiceReactor, emit: Callable[[dict], bool]
+) -> SlowQueryReporter:
     """Plans on side connections, and the insight providers that read them."""
 
     def connect(backend: BackendConfig, parameters: dict[str, str]):  # type: ignore[no-untyped-def]
@@ -173,14 +177,14 @@ def build_slow_reporter(config: Config, reactor: Any, emit: Any) -> SlowQueryRep
         providers.append(build_llm_provider(ai, reactor))
     return SlowQueryReporter(
         emit,
-        reactor.seconds,  # type: ignore[attr-defined]
+        reactor.seconds,
         explainer,
         providers,
         redact_for_providers=ai.redact,
     )
 
 
-def build_llm_provider(ai: AIConfig, reactor: object) -> object:
+def build_llm_provider(ai: AIConfig, reactor: IServiceReactor) -> IInsightProvider:
     from treq.client import HTTPClient
     from twisted.web.client import Agent, HTTPConnectionPool
 

@@ -68,7 +68,8 @@ class _WorkerProcess(protocol.ProcessProtocol):
 class WorkerSupervisor(service.Service):
     """Starts the workers, restarts one that dies, stops them all."""
 
-    name = "twinkly-workers"
+    # Twisted's Service says ``name = None`` unannotated (so: type None); IService: a str.
+    name = "twinkly-workers"  # type: ignore[assignment]
 
     def __init__(
         self,

@@ -20,7 +20,7 @@ import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypedDict
 
 from twinkly.compare.rows import Ordering, compare_columns, compare_rows
 from twinkly.report.bundles import FORMAT, PORTABLE_DIGEST, data_row, portable_digest
@@ -192,6 +192,10 @@ def _parameter(value: object, fmt: int) -> bytes | None:
 # --- running ------------------------------------------------------------------------------
 
 
+class _ConnectTimeout(TypedDict, total=False):
+    connect_timeout: int
+
+
 def connect(dsn: str, label: str) -> Any:
     """An autocommit psycopg connection (recheck sends BEGIN and ROLLBACK itself), in UTF-8
     whatever the DSN or the environment say: parameters are sent and rows compared as such."""
@@ -199,7 +203,9 @@ def connect(dsn: str, label: str) -> Any:
     from psycopg.conninfo import conninfo_to_dict
 
     try:
-        extra = {} if "connect_timeout" in conninfo_to_dict(dsn) else {"connect_timeout": 10}
+        extra: _ConnectTimeout = (
+            {} if "connect_timeout" in conninfo_to_dict(dsn) else {"connect_timeout": 10}
+        )
         return psycopg.connect(dsn, autocommit=True, client_encoding="UTF8", **extra)
     except psycopg.Error as e:
         raise CannotRun(f"cannot connect to {label}: {str(e).strip()}") from None

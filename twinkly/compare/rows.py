@@ -339,6 +339,15 @@ def _only_boundary_ties(
     )
 
 
+def _issue_position(issue: tuple[str, int | None, int | None]) -> int:
+    """Where an issue sits in an ordered result: a value difference or a missing row at
+    its truth row, an extra or moved row at its target row (each has that one)."""
+    kind, i, j = issue
+    position = i if kind in (VALUE, MISSING) else j
+    assert position is not None
+    return position
+
+
 # --- the API ----------------------------------------------------------------------------
 
 
@@ -376,7 +385,7 @@ def compare_rows(
     if not issues:
         return EQUAL  # the bytes differed, the values do not
     if ordering.ordered:
-        issues.sort(key=lambda issue: issue[1] if issue[0] in (VALUE, MISSING) else issue[2])
+        issues.sort(key=_issue_position)
 
     reason = None
     if ordering.limited and len(rows_truth) == len(rows_target):
@@ -396,6 +405,7 @@ def compare_rows(
             position = i if kind in (VALUE, MISSING) else j
         columns: tuple[str, ...] = ()
         if kind == VALUE:
+            assert i is not None and j is not None  # a value difference pairs two rows
             na, nb = a.norm(i), b.norm(j)
             width = max(len(na), len(nb))
             columns = tuple(

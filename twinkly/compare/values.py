@@ -187,6 +187,14 @@ def _bytea_text(v: bytes, tol: float) -> object:
     return _BYTEA_ESCAPE.sub(lambda m: b"\\" if m[0] == b"\\\\" else bytes((int(m[0][1:], 8),)), v)
 
 
+def _fullmatch(pattern: re.Pattern[bytes], v: bytes) -> re.Match[bytes]:
+    """The match of all of ``v``; a ValueError (so: compared as exact bytes) when none."""
+    m = pattern.fullmatch(v)
+    if m is None:
+        raise ValueError(f"not {pattern.pattern!r}")
+    return m
+
+
 def _days(year: int, month: int, day: int) -> int:
     """Days from 2000-01-01, proleptic Gregorian, any year (0 = 1 BC), like PostgreSQL."""
     if not (1 <= month <= 12 and 1 <= day <= 31):
@@ -200,14 +208,14 @@ def _days(year: int, month: int, day: int) -> int:
 def _date_text(v: bytes, tol: float) -> object:
     if v in _INFINITE:
         return _INT32_MAX if _INFINITE[v] > 0 else _INT32_MIN
-    m = _DATE.fullmatch(v)
+    m = _fullmatch(_DATE, v)
     return _days(1 - int(m[1]) if m[4] else int(m[1]), int(m[2]), int(m[3]))
 
 
 def _zone_seconds(zone: bytes) -> int:
     if zone in _UTC_NAMES:
         return 0
-    m = _ZONE.fullmatch(zone)  # abbreviations such as EST are ambiguous: no match, exact
+    m = _fullmatch(_ZONE, zone)  # abbreviations such as EST are ambiguous: no match, exact
     seconds = int(m[2]) * 3600 + int(m[3] or 0) * 60 + int(m[4] or 0)
     return -seconds if m[1] == b"-" else seconds
 
@@ -229,8 +237,8 @@ def _timestamp(v: bytes, with_zone: bool) -> int:
     elif (m := _TS_POSTGRES.fullmatch(v)) is not None:
         month = _MONTHS[m[1] or m[4]]
         year, day, clock, zone, bc = m[9], m[2] or m[3], m.groups()[4:8], m[10], m[11]
-    else:  # German, or no match (TypeError: exact comparison)
-        m = _TS_GERMAN.fullmatch(v)
+    else:  # German, or no match (ValueError: exact comparison)
+        m = _fullmatch(_TS_GERMAN, v)
         year, month, day, clock, zone, bc = m[3], int(m[2]), m[1], m.groups()[3:7], m[8], m[9]
     if (zone is not None) != with_zone:
         raise ValueError("zone missing or unexpected")
@@ -242,7 +250,7 @@ def _timestamp(v: bytes, with_zone: bool) -> int:
 
 
 def _time_text(v: bytes, tol: float) -> object:
-    m = _TIME.fullmatch(v)
+    m = _fullmatch(_TIME, v)
     frac = int(m[4].ljust(6, b"0")) if m[4] else 0
     return ((int(m[1]) * 60 + int(m[2])) * 60 + int(m[3])) * 1_000_000 + frac
 
@@ -254,7 +262,7 @@ def _interval_text(v: bytes, tol: float) -> object:
     if m is not None:
         years, months, days, sign, hours, minutes, seconds, frac = m.groups()
     else:
-        m = _INTERVAL_ISO.fullmatch(v)
+        m = _fullmatch(_INTERVAL_ISO, v)
         years, months, days, iso_hours, iso_minutes, sign, seconds, frac = m.groups()
         hours = minutes = None
         carried = (int(iso_hours or 0) * 60 + int(iso_minutes or 0)) * 60_000_000
@@ -451,10 +459,10 @@ def row_normalizer(
     ]
 
     def normalize_values(values: Sequence[bytes | None]) -> tuple:
-        out = list(values)
+        out: list[object] = list(values)
         width = len(out)
         for k, parser in active:
-            if k < width and (v := out[k]) is not None:
+            if k < width and (v := values[k]) is not None:
                 try:
                     out[k] = parser(v, tol)
                 except Exception:

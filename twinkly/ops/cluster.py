@@ -71,7 +71,8 @@ class ControlResource(Resource):
         return b"not found"
 
     def render_POST(self, request: Request) -> bytes:
-        args = {k.decode(): v[0].decode() for k, v in (request.args or {}).items()}
+        given: dict[bytes, list[bytes]] = request.args or {}
+        args = {k.decode(): v[0].decode() for k, v in given.items()}
         path, status = request.path, self.status
         try:
             if path == b"/cancel":
@@ -163,7 +164,7 @@ class _QuietPool(HTTPConnectionPool):
 class QuietSite(Site):
     """A site that writes no access log (the control site is polled every second)."""
 
-    def log(self, request: Request) -> None:
+    def log(self, request: Any) -> None:
         pass
 
 

@@ -87,7 +87,9 @@ def _respond_json(request: Request, code: int, value: Any) -> bytes:
 
 def _argument(request: Request, name: str) -> str | None:
     """The last value of query parameter ``name``, or None when absent or empty."""
-    values = (request.args or {}).get(name.encode("ascii"))
+    # Twisted's Request declares ``args = None`` (unannotated) and documents it as this:
+    args: dict[bytes, list[bytes]] = request.args or {}
+    values = args.get(name.encode("ascii"))
     if not values:
         return None
     text = values[-1].decode("utf-8", errors="replace").strip()

@@ -14,14 +14,17 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from twisted.application import service
 from twisted.conch import interfaces as iconch
+from twisted.conch.insults import insults
 from twisted.conch.manhole_ssh import ConchFactory, TerminalRealm, TerminalSession
 from twisted.conch.manhole_tap import chainedProtocolFactory
 from twisted.conch.ssh import keys
 from twisted.conch.ssh.transport import SSHServerTransport
 from twisted.cred import checkers, credentials, error, portal
 from twisted.internet import defer
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.interfaces import IListeningPort, IReactorTCP
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 _log = Logger()
@@ -39,7 +42,9 @@ class PasswordChecker:
         self._users = {u.encode(): hashlib.sha256(p.encode()).digest() for u, p in users.items()}
         self._nobody = hashlib.sha256(secrets.token_bytes(32)).digest()
 
-    def requestAvatarId(self, creds: credentials.IUsernamePassword) -> defer.Deferred[bytes]:
+    def requestAvatarId(
+        self, creds: credentials.IUsernamePassword
+    ) -> defer.Deferred[bytes | tuple[()]]:
         expected = self._users.get(creds.username, self._nobody)
         given = hashlib.sha256(creds.password).digest()
         if secrets.compare_digest(given, expected) and creds.username in self._users:
@@ -51,7 +56,7 @@ class _TerminalSession(TerminalSession):
     """conch's session, plus the two requests it leaves unimplemented (each would log an
     error): a resized client window and an EOF from the client."""
 
-    _terminal = None
+    _terminal: insults.ServerProtocol | None = None
 
     def openShell(self, proto: object) -> None:
         self._terminal = self.chainedProtocolFactory()
@@ -60,7 +65,10 @@ class _TerminalSession(TerminalSession):
 
     def windowChanged(self, newWindowSize: tuple[int, ...]) -> None:
         if self._terminal is not None:
-            self._terminal.terminalProtocol.terminalSize(newWindowSize[1], newWindowSize[0])
+            # insults declares terminalProtocol = None unannotated (so: type None); once the
+            # shell is open it is the manhole's ITerminalProtocol.
+            terminal = self._terminal.terminalProtocol
+            terminal.terminalSize(newWindowSize[1], newWindowSize[0])  # type: ignore[attr-defined]
 
     def eofReceived(self) -> None:
         if self._terminal is not None:
@@ -70,13 +78,34 @@ class _TerminalSession(TerminalSession):
 class _Transport(SSHServerTransport):
     """Registers itself with its factory while connected, so a stop can close it."""
 
+    def _live(self) -> dict[_Transport, defer.Deferred[None]]:
+        factory = self.factory
+        assert isinstance(factory, _Factory)  # the only factory that builds these
+        return factory.live
+
     def connectionMade(self) -> None:
-        self.factory.live[self] = defer.Deferred()
+        self._live()[self] = defer.Deferred()
         super().connectionMade()
 
-    def connectionLost(self, reason: object) -> None:
+    def connectionLost(self, reason: Failure | None = None) -> None:
         super().connectionLost(reason)
-        self.factory.live.pop(self).callback(None)
+        self._live().pop(self).callback(None)
+
+
+class _Factory(ConchFactory):
+    """conch's factory, with the transports now connected (each with a Deferred that
+    fires once it is gone)."""
+
+    protocol = _Transport
+
+    def __init__(self, portal_: portal.Portal) -> None:
+        super().__init__(portal_)
+        self.live: dict[_Transport, defer.Deferred[None]] = {}
+
+
+@implementer(portal.IRealm)  # as conch's TerminalRealm is, without declaring it
+class _TerminalRealm(TerminalRealm):
+    sessionFactory = _TerminalSession
 
 
 def load_host_key(path: str | None) -> keys.Key:
@@ -114,22 +143,28 @@ class ManholeService(service.Service):
         self._host_key_path, self._interface = host_key_path, interface
         self.port: IListeningPort | None = None
         self.host_key: keys.Key | None = None
-        self._factory: ConchFactory | None = None
+        self._factory: _Factory | None = None
 
     def bound_port(self) -> int:
         """The TCP port actually listened on (useful when started with port 0)."""
         assert self.port is not None, "the manhole is not running"
-        return self.port.getHost().port
+        address = self.port.getHost()
+        assert isinstance(address, IPv4Address | IPv6Address)  # a TCP port
+        return address.port
 
     def startService(self) -> None:
         key = self.host_key = load_host_key(self._host_key_path)
-        factory = self._factory = ConchFactory(self._portal)
-        factory.protocol = _Transport
-        factory.live = {}
+        factory = self._factory = _Factory(self._portal)
         # Per-instance dicts: ConchFactory's class attributes are shared by all factories.
-        factory.publicKeys = {key.sshType(): key.public()}
-        factory.privateKeys = {key.sshType(): key}
-        self.port = self._reactor.listenTCP(self._portnum, factory, interface=self._interface)
+        # ConchFactory annotates them dict[bytes, bytes]; SSHFactory reads Key objects there.
+        factory.publicKeys = {key.sshType(): key.public()}  # type: ignore[dict-item]
+        factory.privateKeys = {key.sshType(): key}  # type: ignore[dict-item]
+        # IReactorTCP.listenTCP annotates a ServerFactory; any IProtocolFactory will do.
+        self.port = self._reactor.listenTCP(
+            self._portnum,
+            factory,  # type: ignore[arg-type]
+            interface=self._interface,
+        )
         super().startService()
         fingerprint = key.fingerprint(keys.FingerprintFormats.SHA256_BASE64).rstrip("=")
         where, kind = f"{self._interface}:{self.bound_port()}", key.sshType().decode()
@@ -140,14 +175,20 @@ class ManholeService(service.Service):
             fp=fingerprint,
         )
 
-    def stopService(self) -> defer.Deferred[object]:
+    def stopService(self) -> defer.Deferred[list[None]]:
         """Stops listening and closes open sessions; fires once all are gone."""
         super().stopService()
         port, factory, self.port, self._factory = self.port, self._factory, None, None
-        waits = [defer.maybeDeferred(port.stopListening)] if port is not None else []
+        waits: list[defer.Deferred[None]] = []
+        if port is not None:
+            # stopListening returns a Deferred or None; maybeDeferred's result fires with
+            # None either way (typed from the union, so said again here).
+            waits.append(defer.maybeDeferred(port.stopListening).addCallback(lambda _: None))
         for transport, closed in list(factory.live.items()) if factory is not None else []:
             waits.append(closed)
-            transport.transport.loseConnection()
+            connection = transport.transport
+            assert connection is not None  # live: connected
+            connection.loseConnection()
         return defer.gatherResults(waits)
 
 
@@ -166,9 +207,9 @@ def manhole_service(
         raise ValueError("manhole: no users configured; at least one user/password is needed")
     if not all(users.values()):
         raise ValueError("manhole: every user needs a non-empty password")
-    realm = TerminalRealm()
-    realm.sessionFactory = _TerminalSession
-    realm.chainedProtocolFactory = chainedProtocolFactory(namespace)
+    realm = _TerminalRealm()
+    # conch infers type[ServerProtocol] from the default; any factory of one will do.
+    realm.chainedProtocolFactory = chainedProtocolFactory(namespace)  # type: ignore[assignment]
     return ManholeService(
         port, portal.Portal(realm, [PasswordChecker(users)]), host_key_path, interface, reactor
     )

@@ -13,6 +13,7 @@ from twisted.logger import Logger
 
 from twinkly.config.schema import Config, ConfigError
 from twinkly.ops.live import LiveStatus
+from twinkly.ops.status import IStatus
 from twinkly.ops.trace import SessionTracer
 from twinkly.proxy.factory import ProxyFactory
 
@@ -111,9 +112,10 @@ def log_progress(status: LiveStatus) -> None:
 class ReloadOnHangup(service.Service):
     """SIGHUP re-reads the configuration file without dropping a session."""
 
-    name = "twinkly-reload"
+    # Twisted's Service says ``name = None`` unannotated (so: type None); IService: a str.
+    name = "twinkly-reload"  # type: ignore[assignment]
 
-    def __init__(self, status: LiveStatus, reactor: Any) -> None:
+    def __init__(self, status: IStatus, reactor: Any) -> None:
         self.status = status
         self.reactor = reactor
         self._previous: Any = None

@@ -145,13 +145,16 @@ class ProtocolTrace:
         return self.wants(session_id)
 
     def _write(self, label: str, text: str) -> None:
+        """Only after ``_accepting``, which checked that the file is open."""
+        file = self._file
+        assert file is not None
         line = f"{_stamp(self._clock())} {label} {text}\n".encode("utf-8", "backslashreplace")
         try:
             if self._size + len(line) + len(self._marker) > self._max:
                 self._stopped = True
                 self.dropped += 1
                 line = self._marker
-            self._file.write(line)  # type: ignore[union-attr] - checked by _accepting
+            file.write(line)
             self._size += len(line)
         except OSError:  # disk full and the like: give up the trace, not the session
             self._stopped = True

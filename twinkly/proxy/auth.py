@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+from typing import TYPE_CHECKING
 
 from scramp import ScramClient, ScramException, ScramMechanism
 
@@ -24,6 +25,9 @@ from twinkly.wire.backend import (
     Authentication,
 )
 from twinkly.wire.frontend import PasswordMessage, encode
+
+if TYPE_CHECKING:
+    from scramp.core import ScramServer
 
 SCRAM = "SCRAM-SHA-256"
 
@@ -130,7 +134,7 @@ class ClientAuthenticator:
         self._user = user
         self._password = config.password_of(user)
         self._salt = os.urandom(4)
-        self._scram = None
+        self._scram: ScramServer | None = None
         self._stage = 0
 
     def _refuse(self) -> AuthenticationFailed:
@@ -180,19 +184,21 @@ class ClientAuthenticator:
                         "08P01",
                     )
                 info = ScramMechanism(SCRAM).make_auth_info(self._password, iteration_count=4096)
-                self._scram = ScramMechanism(SCRAM).make_server(lambda _user: info)
-                _set_client_first(self._scram, data.decode())
+                scram = self._scram = ScramMechanism(SCRAM).make_server(lambda _user: info)
+                _set_client_first(scram, data.decode())
                 self._stage = 1
-                reply = self._scram.get_server_first().encode()
+                reply = scram.get_server_first().encode()
                 return encode(Authentication(AUTH_SASL_CONTINUE, reply)), False
-            self._scram.set_client_final(message.data.decode())
-            final = self._scram.get_server_final().encode()
+            scram = self._scram
+            assert scram is not None  # made at stage 0
+            scram.set_client_final(message.data.decode())
+            final = scram.get_server_final().encode()
             return encode(Authentication(AUTH_SASL_FINAL, final)), True
         except (ScramException, UnicodeDecodeError) as e:
             raise self._refuse() from e
 
 
-def _set_client_first(server: object, client_first: str) -> None:
+def _set_client_first(server: ScramServer, client_first: str) -> None:
     """Feed a client-first message to scramp's server.
 
     PostgreSQL clients (libpq among them) send an empty user name ("n=,"), since the
@@ -203,8 +209,8 @@ def _set_client_first(server: object, client_first: str) -> None:
     header_end = client_first.find(",", client_first.find(",") + 1) + 1
     bare = client_first[header_end:]
     placeholder = "n=*" + bare[2:] if bare.startswith("n=,") else bare
-    server.set_client_first(client_first[:header_end] + placeholder)  # type: ignore[attr-defined]
-    server.client_first_bare = bare  # type: ignore[attr-defined]
+    server.set_client_first(client_first[:header_end] + placeholder)
+    server.client_first_bare = bare
 
 
 def authentication_ok() -> bytes:

@@ -11,7 +11,11 @@ from dataclasses import dataclass
 
 from twisted.internet import defer, ssl
 from twisted.internet.endpoints import HostnameEndpoint
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IOpenSSLClientConnectionCreator,
+    IReactorTime,
+)
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -19,6 +23,7 @@ from twisted.python.failure import Failure
 from twinkly.config.schema import BackendConfig
 from twinkly.proxy.auth import AuthenticationFailed, BackendAuthenticator
 from twinkly.proxy.recording import StartupRecording
+from twinkly.proxy.transports import stream_of
 from twinkly.wire.backend import (
     Authentication,
     BackendKeyData,
@@ -58,7 +63,7 @@ def startup_parameters(config: BackendConfig, client: dict[str, str]) -> dict[st
     return params
 
 
-def _tls_options(config: BackendConfig) -> ssl.CertificateOptions | object:
+def _tls_options(config: BackendConfig) -> IOpenSSLClientConnectionCreator:
     if config.tls == "verify-full":
         with open(config.ca_file or "", "rb") as f:
             return ssl.optionsForClientTLS(config.host, trustRoot=ssl.Certificate.loadPEM(f.read()))
@@ -94,14 +99,14 @@ class BackendProtocol(Protocol):
         self.on_lost: Callable[[BackendProtocol, Failure], None] | None = None
         self._auth = BackendAuthenticator(parameters["user"], config.password, config.describe())
         self._awaiting_ssl = False
-        self._timeout = None
+        self._timeout: IDelayedCall | None = None
         self._query: tuple[list, BackendError | None, defer.Deferred] | None = None
         self.recording = StartupRecording()  # for a protocol trace of the session
 
     # --- connection lifecycle ------------------------------------------------------
 
     def connectionMade(self) -> None:
-        self.transport.setTcpNoDelay(True)
+        stream_of(self).setTcpNoDelay(True)
         self._timeout = self.clock.callLater(self.config.connect_timeout, self._start_timed_out)
         if self.config.tls != "disable":
             self._awaiting_ssl = True
@@ -114,12 +119,12 @@ class BackendProtocol(Protocol):
 
     def _write(self, data: bytes) -> None:
         self.recording.add(">", data)
-        self.transport.write(data)
+        stream_of(self).write(data)
 
     def _start_timed_out(self) -> None:
         self._timeout = None
         self._fail(BackendError(f"{self.config.describe()} did not finish start-up in time"))
-        self.transport.abortConnection()
+        stream_of(self).abortConnection()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._cancel_timeout()
@@ -147,15 +152,18 @@ class BackendProtocol(Protocol):
         responses still owed arrive (and get compared): the server answers everything
         sent before the Terminate, then closes the connection itself."""
         self.on_lost = None
-        if self.transport is None or not self.transport.connected:
+        if self.transport is None:
+            return
+        transport = stream_of(self)
+        if not transport.connected:
             return
         if send:
-            self.transport.write(encode(Terminate()))
+            transport.write(encode(Terminate()))
         if drain > 0:
-            self.transport.resumeProducing()
-            self._timeout = self.clock.callLater(drain, self.transport.abortConnection)
+            transport.resumeProducing()
+            self._timeout = self.clock.callLater(drain, transport.abortConnection)
         else:
-            self.transport.loseConnection()
+            transport.loseConnection()
 
     def _cancel_timeout(self) -> None:
         if self._timeout is not None and self._timeout.active():
@@ -196,7 +204,7 @@ class BackendProtocol(Protocol):
             if not isinstance(e, BackendError):
                 e = BackendError(str(e), getattr(e, "sqlstate", "08006"))
             self._fail(e)
-            self.transport.loseConnection()
+            stream_of(self).loseConnection()
 
     # --- Twinkly's own queries, before the client's session begins -----------------------
 
@@ -228,7 +236,7 @@ class BackendProtocol(Protocol):
                 self._query_message(type_byte, payload)
         except ProtocolViolation as e:
             self._query_done(BackendError(f"{self.config.describe()}: {e}"))
-            self.transport.loseConnection()
+            stream_of(self).loseConnection()
 
     def _query_message(self, type_byte: int, payload: bytes) -> None:
         if self._query is None:
@@ -268,7 +276,7 @@ class BackendProtocol(Protocol):
         self._awaiting_ssl = False
         answer, rest = data[:1], data[1:]
         if answer == b"S":
-            self.transport.startTLS(_tls_options(self.config))
+            stream_of(self).startTLS(_tls_options(self.config))
             self._send_startup()
         elif answer == b"N" and self.config.tls == "prefer":
             self._send_startup()
@@ -278,7 +286,7 @@ class BackendProtocol(Protocol):
                     f"{self.config.describe()} does not accept TLS (tls = {self.config.tls})"
                 )
             )
-            self.transport.loseConnection()
+            stream_of(self).loseConnection()
         return rest
 
     def _startup_message(self, type_byte: int, payload: bytes) -> bool:
@@ -352,8 +360,9 @@ class _CancelSender(Protocol):
         self._request = request
 
     def connectionMade(self) -> None:
-        self.transport.write(self._request)
-        self.transport.loseConnection()
+        transport = stream_of(self)
+        transport.write(self._request)
+        transport.loseConnection()
 
 
 def send_cancel(reactor: object, config: BackendConfig, key: BackendKeyData) -> defer.Deferred:

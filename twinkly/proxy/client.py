@@ -19,6 +19,7 @@ from twinkly.proxy.backend import BackendProtocol
 from twinkly.proxy.recording import StartupRecording
 from twinkly.proxy.session import Session
 from twinkly.proxy.session_settings import align_settings
+from twinkly.proxy.transports import stream_of
 from twinkly.wire.backend import ErrorResponse, NegotiateProtocolVersion
 from twinkly.wire.framing import MessageFramer, ProtocolViolation, StartupFramer
 from twinkly.wire.frontend import (
@@ -57,7 +58,7 @@ class ClientProtocol(Protocol):
         self.recording = StartupRecording() if tracer is not None and tracer.recording() else None
 
     def connectionMade(self) -> None:
-        self.transport.setTcpNoDelay(True)
+        stream_of(self).setTcpNoDelay(True)
         self.factory.clients.add(self)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
@@ -72,7 +73,7 @@ class ClientProtocol(Protocol):
         """Write during start-up (recorded for a trace)."""
         if self.recording is not None:
             self.recording.add("<", data)
-        self.transport.write(data)
+        stream_of(self).write(data)
 
     def dataReceived(self, data: bytes) -> None:
         if self.recording is not None and self._state in ("startup", "auth"):
@@ -107,7 +108,7 @@ class ClientProtocol(Protocol):
         self._state = "closed"
         if self.session is not None:
             self.session.close()
-        self.transport.loseConnection()
+        stream_of(self).loseConnection()
 
     # --- start-up -------------------------------------------------------------------
 
@@ -124,14 +125,14 @@ class ClientProtocol(Protocol):
                 self._reply(b"N")
             else:
                 self._reply(b"S")
-                self.transport.startTLS(options)
+                stream_of(self).startTLS(options)
                 self._tls_started = True
         elif isinstance(packet, GSSENCRequest):
             self._reply(b"N")
         elif isinstance(packet, CancelRequest):
             self.factory.cancel(packet.process_id, packet.secret_key)
             self._state = "closed"
-            self.transport.loseConnection()
+            stream_of(self).loseConnection()
             return
         else:
             self._begin_auth(packet)
@@ -175,7 +176,7 @@ class ClientProtocol(Protocol):
             return
         self._state = "connecting"
         self._reply(authentication_ok())
-        self.transport.pauseProducing()
+        stream_of(self).pauseProducing()
         opening = self.factory.open_backends(self.startup.parameters, self._backends)
         opening.addCallbacks(self._backends_ready, self._backends_failed)
         opening.addErrback(self._unexpected)
@@ -197,10 +198,10 @@ class ClientProtocol(Protocol):
         for type_byte, payload in self._framer.feed(data):
             reply, close = self._admin.handle(type_byte, payload)
             if reply:
-                self.transport.write(reply)
+                stream_of(self).write(reply)
             if close:
                 self._state = "closed"
-                self.transport.loseConnection()
+                stream_of(self).loseConnection()
                 return
 
     def _backends_ready(self, pair: tuple[BackendProtocol, BackendProtocol]) -> object:
@@ -227,7 +228,7 @@ class ClientProtocol(Protocol):
         self._backends = []
         assert self.startup is not None
         session, key = self.factory.new_session(
-            self.transport, truth, target, self.startup.parameters
+            stream_of(self), truth, target, self.startup.parameters
         )
         self.session = session
         self._reply(
@@ -243,7 +244,7 @@ class ClientProtocol(Protocol):
             started["client"] = self.recording.take()
             tracer.start(session, self.startup.parameters.get("application_name", ""), started)
         self._state = "session"
-        self.transport.resumeProducing()
+        stream_of(self).resumeProducing()
         early, self._early = b"".join(self._early), []
         if early:
             self._received(early)

@@ -24,6 +24,7 @@ from twinkly.proxy.client import ClientProtocol
 from twinkly.proxy.keys import CancelKeys
 from twinkly.proxy.routing import make_router
 from twinkly.proxy.session import Session, session_counters
+from twinkly.proxy.transports import IStreamTransport
 from twinkly.tracking.pairing import PairCounter
 from twinkly.wire.backend import BackendKeyData
 
@@ -118,7 +119,7 @@ class ProxyFactory(Factory):
 
     def new_session(
         self,
-        transport: object,
+        transport: IStreamTransport,
         truth: BackendProtocol,
         target: BackendProtocol,
         client_parameters: dict[str, str],

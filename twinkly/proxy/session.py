@@ -19,7 +19,6 @@ frames and applied once it has returned (``verdicts.VerdictQueue``).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -43,6 +42,7 @@ from twinkly.proxy.rollback import commit_becomes_rollback
 from twinkly.proxy.routing import QueryRouting, Router
 from twinkly.proxy.sockets import immediate_writer
 from twinkly.proxy.tap import Tap, tee
+from twinkly.proxy.transports import IStreamTransport, stream_of
 from twinkly.proxy.verdicts import VerdictQueue
 from twinkly.tracking.contexts import INTERNAL, ClientContexts
 from twinkly.tracking.pairing import Pairer
@@ -76,7 +76,7 @@ class Session:
 
     def __init__(
         self,
-        client_transport: Any,
+        client_transport: IStreamTransport,
         truth: BackendProtocol,
         target: BackendProtocol,
         config: Config,
@@ -107,7 +107,7 @@ class Session:
         self.contexts = ClientContexts() if comparison is not None else None
         self._seq = 0  # client messages that owe a response, numbered
         self.gate = PauseGate(client_transport)
-        self.truth_gate = PauseGate(truth.transport, on_change=self._truth_paused)
+        self.truth_gate = PauseGate(stream_of(truth), on_change=self._truth_paused)
         self.enforcer: Enforcer | None = None
         self._verdicts: VerdictQueue | None = None
         pairer_observer = self._policies(comparison, observer_factory)
@@ -208,8 +208,8 @@ class Session:
         target.on_lost = self._backend_lost
         # A slow client pauses the truth; so does a target too far behind (truth_gate).
         self.client.registerProducer(GateReason(self.truth_gate, "client-buffer"), True)
-        truth.transport.registerProducer(GateReason(self.gate, "truth-buffer"), True)
-        target.transport.registerProducer(GateReason(self.gate, "target-buffer"), True)
+        stream_of(truth).registerProducer(GateReason(self.gate, "truth-buffer"), True)
+        stream_of(target).registerProducer(GateReason(self.gate, "target-buffer"), True)
         # Messages that arrived right after ReadyForQuery (a notice, say).
         if truth.leftover:
             self.truth_tracker.feed(truth.leftover)
@@ -298,7 +298,7 @@ class Session:
         ):
             if backend is not None:
                 tracker.expect("Q", now, seq, INTERNAL)
-                backend.transport.write(query)
+                stream_of(backend).write(query)
         return seq
 
     def send_to_truth(self, data: bytes) -> None:
@@ -467,7 +467,7 @@ class Session:
             backend=backend.config.describe(),
             error=str(error),
         )
-        backend.transport.abortConnection()
+        stream_of(backend).abortConnection()
 
     def _backend_lost(self, backend: BackendProtocol, reason: Failure) -> None:
         if self.closed:
