@@ -11,6 +11,8 @@ from twisted.logger import Logger
 
 from twinkly.proxy.client import fatal
 from twinkly.proxy.factory import ProxyFactory
+from twinkly.proxy.sockets import direct_dispatch
+from twinkly.wire import accel
 
 log = Logger()
 
@@ -36,6 +38,14 @@ class ProxyService(Service):
 
     def startService(self) -> None:
         super().startService()
+        direct = direct_dispatch(self.reactor)
+        log.info(
+            "hot path: {accelerator} implementation of twinkly.wire.accel{why};"
+            " reactor events dispatched {dispatch}",
+            accelerator="C" if accel.IMPLEMENTATION == "c" else "pure-Python",
+            why=accel.reason(),
+            dispatch="directly" if direct else "through Twisted's log context",
+        )
         proxy = self.factory.config.proxy
         endpoint_type = TCP6ServerEndpoint if ":" in proxy.listen_address else TCP4ServerEndpoint
         endpoint = endpoint_type(self.reactor, proxy.listen_port, interface=proxy.listen_address)

@@ -31,7 +31,16 @@ import re
 from struct import Struct
 from types import ModuleType, SimpleNamespace
 
-__all__ = ["IMPLEMENTATION", "PYTHON", "C", "blank_literals", "bucket_of", "scan_rows", "split"]
+__all__ = [
+    "IMPLEMENTATION",
+    "PYTHON",
+    "C",
+    "blank_literals",
+    "bucket_of",
+    "reason",
+    "scan_rows",
+    "split",
+]
 
 _unpack_len = Struct("!I").unpack_from
 _MASK = (1 << 64) - 1
@@ -111,8 +120,18 @@ try:
 except ImportError:  # built without a compiler: the pure-Python implementation serves
     C = None
 
-_chosen = PYTHON if C is None or os.environ.get("TWINKLY_PURE_PYTHON", "") not in ("", "0") else C
+_FORCED = os.environ.get("TWINKLY_PURE_PYTHON", "") not in ("", "0")
+_chosen = PYTHON if C is None or _FORCED else C
 IMPLEMENTATION = "python" if _chosen is PYTHON else "c"
+
+
+def reason() -> str:
+    """Why the pure-Python implementation runs, for the start-up log ("" for C)."""
+    if IMPLEMENTATION == "c":
+        return ""
+    return " (TWINKLY_PURE_PYTHON is set)" if _FORCED else " (the C extension was not built)"
+
+
 split = _chosen.split
 scan_rows = _chosen.scan_rows
 bucket_of = _chosen.bucket_of
