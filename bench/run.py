@@ -254,27 +254,47 @@ def measure(
         for mode, per_target in runs.items():
             for target in rotated(tuple(per_target), rnd):
                 log(f"round {rnd + 1}/{args.rounds}: -M {mode} on {target}")
-                twinkly = twinklies.get(target)
-                cpu_before = twinkly.cpu_seconds() if twinkly else 0.0
-                if target == "both":
-                    result = pgbench_both(ports["both"], mode, args)
-                else:
-                    result = pgbench_run(ports[target], mode, args, args.duration)
-                if twinkly is not None and result.get("txns"):
-                    spent = twinkly.cpu_seconds() - cpu_before
-                    result["cpu_us_per_txn"] = spent * 1e6 / result["txns"]
-                log(
-                    f"  failed: {result['error']}"
-                    if result["error"]
-                    else f"  {result['tps']:.1f} tps"
-                    + (
-                        f", {result['cpu_us_per_txn']:.1f} us CPU/txn"
-                        if "cpu_us_per_txn" in result
-                        else ""
-                    )
-                )
+                result = one_run(args, ports, twinklies.get(target), target, mode)
                 per_target[target].append(result)
+    pgbench = summarise(runs)
+    big, rss = big_select(args, ports, twinklies)
+    accelerators = {name: t.accelerator() for name, t in twinklies.items()}
+    main = twinklies["twinkly"]
+    profile = run_profile(args, main.port, main) if args.profile else None
+    return {
+        "pgbench": pgbench,
+        "big_select": big,
+        "twinkly_rss": rss,
+        "accelerators": accelerators,
+        "profile": profile,
+    }
 
+
+def one_run(
+    args: argparse.Namespace,
+    ports: dict[str, Any],
+    twinkly: Twinkly | None,
+    target: str,
+    mode: str,
+) -> dict[str, Any]:
+    """One pgbench run on one target; for a Twinkly, also its CPU per transaction."""
+    cpu_before = twinkly.cpu_seconds() if twinkly else 0.0
+    if target == "both":
+        result = pgbench_both(ports["both"], mode, args)
+    else:
+        result = pgbench_run(ports[target], mode, args, args.duration)
+    if twinkly is not None and result.get("txns"):
+        result["cpu_us_per_txn"] = (twinkly.cpu_seconds() - cpu_before) * 1e6 / result["txns"]
+    if result["error"]:
+        log(f"  failed: {result['error']}")
+    else:
+        cpu = result.get("cpu_us_per_txn")
+        log(f"  {result['tps']:.1f} tps" + (f", {cpu:.1f} us CPU/txn" if cpu else ""))
+    return result
+
+
+def summarise(runs: dict[str, dict[str, list[dict[str, Any]]]]) -> dict[str, dict[str, Any]]:
+    """Median TPS, ratio to direct and median CPU per transaction, per mode and target."""
     pgbench: dict[str, dict[str, Any]] = {mode: {} for mode in runs}
     for mode, per_target in runs.items():
         for target, results in per_target.items():
@@ -290,7 +310,13 @@ def measure(
         for entry in pgbench[mode].values():
             median = entry["median_tps"]
             entry["ratio"] = median / direct if median is not None and direct else None
+    return pgbench
 
+
+def big_select(
+    args: argparse.Namespace, ports: dict[str, Any], twinklies: dict[str, Twinkly]
+) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """The 1M-row SELECT's wall times (direct, each Twinkly) and each Twinkly's RSS."""
     log("1M-row SELECT: direct and through each Twinkly, alternating")
     big_targets = ("direct", *twinklies)
     times: dict[str, list[float]] = {t: [] for t in big_targets}
@@ -318,17 +344,7 @@ def measure(
     }
     for target in twinklies:
         big[target]["ratio"] = big[target]["median_s"] / big["direct"]["median_s"]
-    accelerators = {name: t.accelerator() for name, t in twinklies.items()}
-
-    main = twinklies["twinkly"]
-    profile = run_profile(args, main.port, main) if args.profile else None
-    return {
-        "pgbench": pgbench,
-        "big_select": big,
-        "twinkly_rss": rss,
-        "accelerators": accelerators,
-        "profile": profile,
-    }
+    return big, rss
 
 
 def run_profile(args: argparse.Namespace, port: int, twinkly: Twinkly) -> str | None:
