@@ -41,9 +41,23 @@ USER, PASSWORD, DBNAME = "twinkly", USERS["twinkly"], "app"
 # One client build for every target, so client-side cost is identical everywhere.
 PGBENCH, PSQL = str(PG15_BINDIR / "pgbench"), str(PG15_BINDIR / "psql")
 BIG_SELECT = "select g, repeat('x', 50) from generate_series(1, 1000000) g"
-TARGETS = ("direct", "pgbouncer", "twinkly")
-MODES = {"simple": TARGETS, "prepared": TARGETS, "extended": ("direct", "twinkly")}
-GOALS = {"simple_tps_ratio_min": 0.20, "select_1m_ratio_max": 3.0, "peak_rss_mb_max": 80.0}
+# "both": two pgbench at once, one per server, direct: what running every statement on both
+# servers costs this machine with a free proxy (the ceiling for Twinkly). "twinkly" runs the C
+# accelerator, "pure" the same Twinkly with TWINKLY_PURE_PYTHON=1; both compare, time and write
+# events as configured by default.
+TARGETS = ("direct", "both", "pgbouncer", "twinkly", "pure")
+MODES = {
+    "simple": TARGETS,
+    "prepared": TARGETS,
+    "extended": ("direct", "both", "twinkly", "pure"),
+}
+TWINKLIES = ("twinkly", "pure")
+GOALS = {
+    "simple_tps_ratio_min": 0.30,
+    "select_1m_ratio_max": 1.3,
+    "peak_rss_mb_max": 64.0,
+    "cpu_us_per_txn_max": {"simple": 80.0, "extended": 100.0},
+}
 MB = 1024 * 1024
 
 
@@ -72,8 +86,16 @@ def free_port() -> int:
 class Twinkly:
     """Twinkly as a real ``twistd`` subprocess, configured exactly as a user would."""
 
-    def __init__(self, workdir: Path, pg15: Server, pg18: Server, extra: str = "") -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        pg15: Server,
+        pg18: Server,
+        extra: str = "",
+        env: dict[str, str] | None = None,
+    ) -> None:
         workdir.mkdir(exist_ok=True)
+        self.env = env or {}
         self.port, self.log_path = free_port(), workdir / "twistd.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.rss_at_start: float | None = None
@@ -94,7 +116,7 @@ class Twinkly:
         self.cmd = [str(twistd), "-n", "--pidfile=", "twinkly", "--config", str(config)]
 
     def start(self, timeout: float = 30.0) -> None:
-        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        env = {**os.environ, "PYTHONPATH": str(REPO), **self.env}
         with open(self.log_path, "wb") as out:
             # Own session: a Ctrl-C reaches only us, so we stop Twinkly in order, by PID.
             self.proc = subprocess.Popen(
@@ -115,6 +137,17 @@ class Twinkly:
     def rss(self) -> float:
         assert self.proc is not None
         return psutil.Process(self.proc.pid).memory_info().rss / MB
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU of the twistd process and its children (from /proc)."""
+        assert self.proc is not None
+        t = psutil.Process(self.proc.pid).cpu_times()
+        return t.user + t.system + t.children_user + t.children_system
+
+    def accelerator(self) -> str:
+        """What the start-up log says runs: "C" or "pure-Python"."""
+        match = re.search(r"hot path: (\S+) implementation", self.log_tail(100_000))
+        return match.group(1) if match else "?"
 
     def stop(self) -> None:
         """SIGTERM (graceful, bounded by shutdown-timeout), then SIGKILL if it lingers."""
@@ -162,11 +195,24 @@ def pgbench_run(port: int, mode: str, args: argparse.Namespace, duration: int) -
         cmd, env=client_env(), capture_output=True, text=True, timeout=duration + 120
     )
     match = re.search(r"tps = ([\d.]+) \(without initial connection time\)", proc.stdout)
+    txns = re.search(r"number of transactions actually processed: (\d+)", proc.stdout)
     errors = [line for line in proc.stderr.splitlines() if "error" in line or "abort" in line]
     if proc.returncode != 0 or match is None or errors:
         first = errors[0] if errors else (proc.stderr.strip() or f"exit {proc.returncode}")
         return {"tps": None, "error": first[:300]}
-    return {"tps": float(match.group(1)), "error": None}
+    return {"tps": float(match.group(1)), "txns": int(txns.group(1)) if txns else 0, "error": None}
+
+
+def pgbench_both(ports: tuple[int, int], mode: str, args: argparse.Namespace) -> dict[str, Any]:
+    """One pgbench per server at the same time, direct: the lower TPS of the two (a proxy
+    that runs every statement on both goes at the pace of the slower one)."""
+    with ThreadPoolExecutor(2) as pool:
+        futures = [pool.submit(pgbench_run, port, mode, args, args.duration) for port in ports]
+        results = [f.result() for f in futures]
+    failed = [r for r in results if r["error"]]
+    if failed:
+        return {"tps": None, "error": failed[0]["error"]}
+    return {"tps": min(r["tps"] for r in results), "error": None}
 
 
 def timed_select(port: int) -> float:
@@ -189,68 +235,116 @@ def rotated(items: tuple[str, ...], shift: int) -> list[str]:
     return list(items[shift:] + items[:shift])
 
 
-def measure(args: argparse.Namespace, ports: dict[str, int], twinkly: Twinkly) -> dict[str, Any]:
+def measure(
+    args: argparse.Namespace, ports: dict[str, Any], twinklies: dict[str, Twinkly]
+) -> dict[str, Any]:
     """All measurements; returns the JSON-able results."""
     log("warm-up: a short simple run on every target (also checks that each one works)")
-    for target in ports:
-        warm = pgbench_run(ports[target], "simple", args, min(2, args.duration))
+    for target, port in ports.items():
+        if target == "both":
+            continue
+        warm = pgbench_run(port, "simple", args, min(2, args.duration))
         if warm["error"]:
             raise RuntimeError(f"warm-up on {target} failed: {warm['error']}")
 
     runs: dict[str, dict[str, list[dict[str, Any]]]] = {
-        mode: {t: [] for t in targets} for mode, targets in MODES.items()
+        mode: {t: [] for t in targets if t in ports} for mode, targets in MODES.items()
     }
     for rnd in range(args.rounds):
-        for mode, targets in MODES.items():
-            for target in rotated(targets, rnd):
+        for mode, per_target in runs.items():
+            for target in rotated(tuple(per_target), rnd):
                 log(f"round {rnd + 1}/{args.rounds}: -M {mode} on {target}")
-                result = pgbench_run(ports[target], mode, args, args.duration)
-                log(
-                    f"  failed: {result['error']}"
-                    if result["error"]
-                    else f"  {result['tps']:.1f} tps"
-                )
-                runs[mode][target].append(result)
+                result = one_run(args, ports, twinklies.get(target), target, mode)
+                per_target[target].append(result)
+    pgbench = summarise(runs)
+    big, rss = big_select(args, ports, twinklies)
+    accelerators = {name: t.accelerator() for name, t in twinklies.items()}
+    main = twinklies["twinkly"]
+    profile = run_profile(args, main.port, main) if args.profile else None
+    return {
+        "pgbench": pgbench,
+        "big_select": big,
+        "twinkly_rss": rss,
+        "accelerators": accelerators,
+        "profile": profile,
+    }
 
+
+def one_run(
+    args: argparse.Namespace,
+    ports: dict[str, Any],
+    twinkly: Twinkly | None,
+    target: str,
+    mode: str,
+) -> dict[str, Any]:
+    """One pgbench run on one target; for a Twinkly, also its CPU per transaction."""
+    cpu_before = twinkly.cpu_seconds() if twinkly else 0.0
+    if target == "both":
+        result = pgbench_both(ports["both"], mode, args)
+    else:
+        result = pgbench_run(ports[target], mode, args, args.duration)
+    if twinkly is not None and result.get("txns"):
+        result["cpu_us_per_txn"] = (twinkly.cpu_seconds() - cpu_before) * 1e6 / result["txns"]
+    if result["error"]:
+        log(f"  failed: {result['error']}")
+    else:
+        cpu = result.get("cpu_us_per_txn")
+        log(f"  {result['tps']:.1f} tps" + (f", {cpu:.1f} us CPU/txn" if cpu else ""))
+    return result
+
+
+def summarise(runs: dict[str, dict[str, list[dict[str, Any]]]]) -> dict[str, dict[str, Any]]:
+    """Median TPS, ratio to direct and median CPU per transaction, per mode and target."""
     pgbench: dict[str, dict[str, Any]] = {mode: {} for mode in runs}
     for mode, per_target in runs.items():
         for target, results in per_target.items():
             tps = [r["tps"] for r in results if r["tps"] is not None]
+            cpu = [r["cpu_us_per_txn"] for r in results if "cpu_us_per_txn" in r]
             pgbench[mode][target] = {
                 "runs_tps": [r["tps"] for r in results],  # None: the run failed
                 "median_tps": statistics.median(tps) if tps else None,
+                "cpu_us_per_txn": statistics.median(cpu) if cpu else None,
                 "errors": sorted({r["error"] for r in results if r["error"]}),
             }
         direct = pgbench[mode]["direct"]["median_tps"]
         for entry in pgbench[mode].values():
             median = entry["median_tps"]
             entry["ratio"] = median / direct if median is not None and direct else None
+    return pgbench
 
-    log("1M-row SELECT: direct and through Twinkly, alternating")
-    times: dict[str, list[float]] = {"direct": [], "twinkly": []}
-    peak = 0.0
-    baseline: float | None = None
+
+def big_select(
+    args: argparse.Namespace, ports: dict[str, Any], twinklies: dict[str, Twinkly]
+) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """The 1M-row SELECT's wall times (direct, each Twinkly) and each Twinkly's RSS."""
+    log("1M-row SELECT: direct and through each Twinkly, alternating")
+    big_targets = ("direct", *twinklies)
+    times: dict[str, list[float]] = {t: [] for t in big_targets}
+    rss: dict[str, dict[str, Any]] = {
+        name: {"at_start_mb": t.rss_at_start, "baseline_mb": None, "peak_mb": 0.0}
+        for name, t in twinklies.items()
+    }
     for rnd in range(args.rounds):
-        for target in rotated(("direct", "twinkly"), rnd):
+        for target in rotated(big_targets, rnd):
             if target == "direct":
                 times["direct"].append(timed_select(ports["direct"]))
                 continue
-            baseline = twinkly.rss() if baseline is None else baseline
+            twinkly = twinklies[target]
+            if rss[target]["baseline_mb"] is None:
+                rss[target]["baseline_mb"] = twinkly.rss()
             assert twinkly.proc is not None
             elapsed, run_peak = peak_rss_during(
-                twinkly.proc.pid, lambda: timed_select(twinkly.port)
+                twinkly.proc.pid, lambda t=twinkly: timed_select(t.port)
             )
-            times["twinkly"].append(elapsed)
-            peak = max(peak, run_peak)
-            log(f"  twinkly: {elapsed:.2f}s, peak RSS {run_peak:.1f} MB")
+            times[target].append(elapsed)
+            rss[target]["peak_mb"] = max(rss[target]["peak_mb"], run_peak)
+            log(f"  {target}: {elapsed:.2f}s, peak RSS {run_peak:.1f} MB")
     big: dict[str, Any] = {
         t: {"runs_s": v, "median_s": statistics.median(v)} for t, v in times.items()
     }
-    big["ratio"] = big["twinkly"]["median_s"] / big["direct"]["median_s"]
-    rss = {"at_start_mb": twinkly.rss_at_start, "baseline_mb": baseline, "peak_mb": peak}
-
-    profile = run_profile(args, ports["twinkly"], twinkly) if args.profile else None
-    return {"pgbench": pgbench, "big_select": big, "twinkly_rss": rss, "profile": profile}
+    for target in twinklies:
+        big[target]["ratio"] = big[target]["median_s"] / big["direct"]["median_s"]
+    return big, rss
 
 
 def run_profile(args: argparse.Namespace, port: int, twinkly: Twinkly) -> str | None:
@@ -288,35 +382,49 @@ def verdict(ok: bool | None) -> str:
 
 def report(results: dict[str, Any], args: argparse.Namespace) -> str:
     head = f"pgbench -S, {args.clients} clients, -j {args.threads}, scale {args.scale},"
+    accelerators = results.get("accelerators", {})
     lines = [
         f"Twinkly benchmark ({head} {args.rounds} rounds x {args.duration}s, median TPS)",
-        f"{'mode':<9} {'target':<10} {'median TPS':>11} {'vs direct':>10}  {'runs':<28} goal",
+        "targets: both = pgbench on PG 15 and PG 18 at once, direct (the lower TPS);"
+        + "".join(f" {name} = Twinkly, {impl} hot path;" for name, impl in accelerators.items()),
+        f"{'mode':<9} {'target':<10} {'median TPS':>11} {'vs direct':>10} {'CPU us/txn':>11}"
+        f"  {'runs':<28} goal",
     ]
+    cpu_goals = GOALS["cpu_us_per_txn_max"]
     for mode, per_target in results["pgbench"].items():
         for target, e in per_target.items():
-            goal = ""
-            if mode == "simple" and target == "twinkly":
+            goals = []
+            if mode == "simple" and target in TWINKLIES:
                 ok = None if e["ratio"] is None else e["ratio"] >= GOALS["simple_tps_ratio_min"]
-                goal = f">= {GOALS['simple_tps_ratio_min']:.2f}  {verdict(ok)}"
+                goals.append(f"TPS >= {GOALS['simple_tps_ratio_min']:.2f}x {verdict(ok)}")
+            if mode in cpu_goals and target in TWINKLIES:
+                cpu = e["cpu_us_per_txn"]
+                ok = None if cpu is None else cpu <= cpu_goals[mode]
+                goals.append(f"CPU <= {cpu_goals[mode]:.0f} {verdict(ok)}")
             runs = ", ".join(fmt(t, ".0f").replace("n/a", "failed") for t in e["runs_tps"])
             ratio = fmt(e["ratio"], ".3f")
+            cpu = fmt(e.get("cpu_us_per_txn"), ".1f").replace("n/a", "")
             lines.append(
-                f"{mode:<9} {target:<10} {fmt(e['median_tps'], '.1f'):>11} {ratio:>10}"
-                f"  {runs:<28} {goal}".rstrip()
+                f"{mode:<9} {target:<10} {fmt(e['median_tps'], '.1f'):>11} {ratio:>10} {cpu:>11}"
+                f"  {runs:<28} {', '.join(goals)}".rstrip()
             )
             lines += [f"{'':<22}error: {err}" for err in e["errors"]]
     big, rss = results["big_select"], results["twinkly_rss"]
-    ratio_ok = big["ratio"] <= GOALS["select_1m_ratio_max"]
     lines += [
         "",
         f"1M-row SELECT (psql -Atc > /dev/null), median of {args.rounds}:",
         f"  direct   {big['direct']['median_s']:8.2f} s",
-        f"  twinkly  {big['twinkly']['median_s']:8.2f} s   {big['ratio']:.2f}x direct"
-        f"   goal <= {GOALS['select_1m_ratio_max']:.0f}x  {verdict(ratio_ok)}",
-        f"Twinkly RSS: baseline {fmt(rss['baseline_mb'], '.1f')} MB, peak during the SELECT"
-        f" {rss['peak_mb']:.1f} MB   goal < {GOALS['peak_rss_mb_max']:.0f} MB"
-        f"  {verdict(rss['peak_mb'] < GOALS['peak_rss_mb_max'])}",
     ]
+    max_ratio, max_peak = GOALS["select_1m_ratio_max"], GOALS["peak_rss_mb_max"]
+    for name in rss:
+        ratio = big[name]["ratio"]
+        peak = rss[name]["peak_mb"]
+        lines += [
+            f"  {name:<8} {big[name]['median_s']:8.2f} s   {ratio:.2f}x direct"
+            f"   goal <= {max_ratio:.1f}x  {verdict(ratio <= max_ratio)}"
+            f";  RSS baseline {fmt(rss[name]['baseline_mb'], '.1f')} MB, peak {peak:.1f} MB"
+            f"   goal <= {max_peak:.0f} MB  {verdict(peak <= max_peak)}",
+        ]
     if results.get("profile"):
         lines.append(f"flamegraph: {results['profile']}")
     return "\n".join(lines)
@@ -387,6 +495,12 @@ def main(argv: list[str] | None = None) -> int:
         cleanups.append(("twinkly", twinkly.stop))
         twinkly.start()
         log(f"Twinkly (pid {twinkly.proc.pid if twinkly.proc else '?'}) on port {twinkly.port}")
+        # The same Twinkly forced to its pure-Python hot path: what the C accelerator buys.
+        pure = Twinkly(workdir / "pure", pg15, pg18, env={"TWINKLY_PURE_PYTHON": "1"})
+        cleanups.append(("pure", pure.stop))
+        pure.start()
+        log(f"Twinkly, pure Python (pid {pure.proc.pid if pure.proc else '?'}) on port {pure.port}")
+        twinklies = {"twinkly": twinkly, "pure": pure}
         if args.untimed:  # the same, comparing but not timing: what timing costs
             untimed = Twinkly(
                 workdir / "untimed", pg15, pg18, "comparison.report-slow-queries = false\n"
@@ -401,10 +515,16 @@ def main(argv: list[str] | None = None) -> int:
         bouncer = run_pgbouncer(pg15, bouncer_port, pidfile.parent)
         cleanups[-1] = ("pgbouncer", lambda: stop_pgbouncer(bouncer))
         log(f"pgbouncer (pid {bouncer.pid}) on port {bouncer_port}")
-        ports = {"direct": pg15.port, "pgbouncer": bouncer_port, "twinkly": twinkly.port}
+        ports: dict[str, Any] = {
+            "direct": pg15.port,
+            "both": (pg15.port, pg18.port),
+            "pgbouncer": bouncer_port,
+            "twinkly": twinkly.port,
+            "pure": pure.port,
+        }
         if args.untimed:
             ports["untimed"] = untimed.port
-        results = measure(args, ports, twinkly)
+        results = measure(args, ports, twinklies)
         elapsed = time.monotonic() - started
         settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
         results.update(settings=settings, goals=GOALS, elapsed_s=elapsed)

@@ -4,6 +4,7 @@ the options, a bad configuration stops start-up naming the key, shipped configs 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -34,6 +35,36 @@ def test_wheel_carries_the_plugin_and_the_package(tmp_path: Path) -> None:
     assert "twisted/plugins/twinkly_plugin.py" in names
     assert "twisted/plugins/__init__.py" not in names, "would shadow Twisted's own plugins"
     assert {"twinkly/app/tap.py", "twinkly/wire/framing.py", "twinkly/proxy/session.py"} <= names
+    # Built with the machine's compiler: the C accelerator is in the wheel.
+    assert [n for n in names if n.startswith("twinkly/wire/_accel") and n.endswith(".so")]
+
+
+def test_wheel_builds_without_a_compiler(tmp_path: Path) -> None:
+    """The C accelerator is optional: with a compiler that always fails (CC=false) the
+    wheel still builds, without the extension; Twinkly then runs its pure-Python code."""
+    # A clean copy of the sources: no build/ directory, no extension built in place.
+    listed = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard"],
+        cwd=REPO, check=True, capture_output=True, text=True,
+    ).stdout.split()  # fmt: skip
+    source = tmp_path / "src"
+    for name in listed:
+        if (REPO / name).is_file():
+            (source / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, source / name)
+    env = dict(os.environ, CC="false", LDSHARED="false")
+    out = tmp_path / "wheel"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(out), str(source)],
+        check=True,
+        capture_output=True,
+        timeout=300,
+        env=env,
+    )
+    (wheel,) = out.glob("twinkly-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert "twinkly/wire/accel.py" in names
+    assert not [n for n in names if n.startswith("twinkly/wire/_accel") and n.endswith(".so")]
 
 
 def test_twistd_help_documents_the_options(tmp_path: Path) -> None:

@@ -15,6 +15,8 @@ from twisted.python.failure import Failure
 
 from twinkly.proxy.client import fatal
 from twinkly.proxy.factory import ProxyFactory
+from twinkly.proxy.sockets import direct_dispatch
+from twinkly.wire import accel
 
 log = Logger()
 
@@ -47,6 +49,14 @@ class ProxyService(Service):
 
     def startService(self) -> None:
         super().startService()
+        direct = direct_dispatch(self.reactor)
+        log.info(
+            "hot path: {accelerator} implementation of twinkly.wire.accel{why};"
+            " reactor events dispatched {dispatch}",
+            accelerator="C" if accel.IMPLEMENTATION == "c" else "pure-Python",
+            why=accel.reason(),
+            dispatch="directly" if direct else "through Twisted's log context",
+        )
         proxy = self.factory.config.proxy
         # Listening happens before the reactor runs, so a taken port stops start-up.
         if self.reuse_port:

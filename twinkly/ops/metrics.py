@@ -21,6 +21,7 @@ from prometheus_client.core import (
 
 from twinkly.perf.latency import LatencyHistogram
 from twinkly.proxy.session import session_counters
+from twinkly.wire import accel
 
 # Upper bounds of the latency histograms' buckets, in seconds.
 BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -37,6 +38,13 @@ class ProxyCollector:
     def collect(self) -> Iterator[Any]:
         factory = self.factory
         live = [session for _, session in factory.sessions.values()]
+        build = GaugeMetricFamily(
+            "twinkly_build_info",
+            "Always 1; accelerator says which hot-path implementation runs (c or python).",
+            labels=["accelerator"],
+        )
+        build.add_metric([accel.IMPLEMENTATION], 1)
+        yield build
         yield GaugeMetricFamily("twinkly_sessions", "Client sessions open now.", len(live))
         yield CounterMetricFamily(
             "twinkly_sessions", "Client sessions started.", factory.sessions_total

@@ -14,7 +14,9 @@ import math
 from collections import OrderedDict
 from dataclasses import dataclass
 
-BUCKETS_PER_DOUBLING = 8
+from twinkly.wire.accel import bucket_of
+
+BUCKETS_PER_DOUBLING = 8  # bucket_of (twinkly/wire/accel.py, C or Python) assumes 8
 _SCALE = BUCKETS_PER_DOUBLING / math.log(2)
 _MICROSECOND = 1e-6
 
@@ -81,11 +83,6 @@ class LatencyHistogram:
             "max_ms": _ms(self.max if self.count else None),
             "mean_ms": _ms(self.total / self.count if self.count else None),
         }
-
-
-def bucket_of(seconds: float) -> int:
-    micros = seconds / _MICROSECOND
-    return int(math.log(micros) * _SCALE) if micros > 1.0 else 0
 
 
 def _ms(seconds: float | None) -> float | None:

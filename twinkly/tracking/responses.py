@@ -15,6 +15,7 @@ from collections import deque
 from collections.abc import Callable
 from struct import Struct
 
+from twinkly.wire.accel import scan_rows as _scan_rows
 from twinkly.wire.backend import error_fields
 from twinkly.wire.framing import MessageFramer
 
@@ -281,6 +282,17 @@ class ResponseTracker:
         rows = digest = 0
         room = self._sample_room(current)
         while size - pos >= 5:
+            type_byte = data[pos]
+            if current is not None and (type_byte == _ROW or type_byte == _COPY_DATA):
+                # A run of rows: counted and digested in one call (C when built).
+                end, count, run_digest, room = _scan_rows(data, pos, limit, current.sample, room)
+                if count:
+                    rows += count
+                    digest += run_digest
+                    if room < 0 and current.sample is not None:
+                        current.sample = None  # more rows than kept: digest only
+                    pos = end
+                    continue
             length = _unpack_len(data, pos + 1)[0]
             if length < 4 or length > limit:
                 raise framer.length_error(data, pos, length)
@@ -288,26 +300,14 @@ class ResponseTracker:
             if end > size:
                 need = end - pos
                 break
-            type_byte = data[pos]
-            if current is not None and (type_byte == _ROW or type_byte == _COPY_DATA):
-                row = data[pos + 5 : end]
-                rows += 1
-                digest += hash(row)
-                if room > 0:
-                    current.sample.append(row)  # type: ignore[union-attr]
-                    room -= 1
-                elif room == 0:
-                    current.sample = None
-                    room = -1
-            else:
-                if rows:
-                    current.rows += rows  # type: ignore[union-attr]
-                    current.digest += digest  # type: ignore[union-attr]
-                    rows = digest = 0
-                self._message_end = base + end
-                self._handle(type_byte, data[pos + 5 : end])
-                current = self._current
-                room = self._sample_room(current)
+            if rows:
+                current.rows += rows  # type: ignore[union-attr]
+                current.digest += digest  # type: ignore[union-attr]
+                rows = digest = 0
+            self._message_end = base + end
+            self._handle(type_byte, data[pos + 5 : end])
+            current = self._current
+            room = self._sample_room(current)
             pos = end
         if rows:
             current.rows += rows  # type: ignore[union-attr]

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from struct import Struct
 
+from twinkly.wire.accel import split as _split
+
 __all__ = [
     "DEFAULT_MAX_MESSAGE_BYTES",
     "MessageFramer",
@@ -84,23 +86,10 @@ class MessageFramer:
         joined = self.join(data)
         if joined is None:
             return []
-        data = joined
-        out: list[tuple[int, bytes]] = []
-        pos = 0
-        size = len(data)
-        limit = self._max
-        need = 5
-        while size - pos >= 5:
-            length = _unpack_len(data, pos + 1)[0]
-            if length < 4 or length > limit:
-                raise self.length_error(data, pos, length)
-            end = pos + 1 + length
-            if end > size:
-                need = end - pos
-                break
-            out.append((data[pos], data[pos + 5 : end]))
-            pos = end
-        self.hold(data, pos, need)
+        out, pos, need = _split(joined, self._max)
+        if need < 0:
+            raise self.length_error(joined, pos, _unpack_len(joined, pos + 1)[0])
+        self.hold(joined, pos, need)
         return out
 
     @property

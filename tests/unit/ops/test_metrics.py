@@ -60,6 +60,13 @@ class MetricsTests(SynchronousTestCase):
         )
         self.assertEqual(samples[("twinkly_backpressure_pauses_total", (("paused", "truth"),))], 4)
 
+    def test_build_info_names_the_accelerator(self) -> None:
+        from twinkly.wire import accel
+
+        samples = self.scrape(FakeFactory())
+        key = ("twinkly_build_info", (("accelerator", accel.IMPLEMENTATION),))
+        self.assertEqual(samples[key], 1)
+
     def test_latency_histograms_per_backend(self) -> None:
         factory = FakeFactory()
         book = factory.monitor.latency

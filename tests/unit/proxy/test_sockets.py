@@ -58,3 +58,44 @@ class ImmediateWriterTests(SynchronousTestCase):
     def test_other_transports_use_their_own_write(self) -> None:
         transport = StringTransport()
         self.assertEqual(immediate_writer(transport), transport.write)
+
+
+class DirectDispatchTests(SynchronousTestCase):
+    """direct_dispatch: an epoll reactor's readiness events reach doRead without the
+    legacy log context; other reactors are left alone. The reactor is never run."""
+
+    def test_epoll_events_reach_the_reader(self) -> None:
+        from twisted.internet.epollreactor import EPollReactor
+
+        from twinkly.proxy.sockets import direct_dispatch
+
+        ours, peer = socket.socketpair()
+        self.addCleanup(ours.close)
+        self.addCleanup(peer.close)
+        reactor = EPollReactor()
+        self.addCleanup(reactor._poller.close)
+        self.addCleanup(reactor.removeAll)  # cleanups run last first: before the closes
+        seen: list[bytes] = []
+
+        class Reader:
+            def fileno(self) -> int:
+                return ours.fileno()
+
+            def doRead(self) -> None:
+                seen.append(ours.recv(100))
+
+            def logPrefix(self) -> str:
+                return "reader"
+
+        self.assertTrue(direct_dispatch(reactor))
+        self.assertFalse(direct_dispatch(reactor))  # once only
+        reactor.addReader(Reader())
+        peer.send(b"hello")
+        reactor.doIteration(0)
+        self.assertEqual(seen, [b"hello"])
+
+    def test_other_reactors_are_left_alone(self) -> None:
+        from twinkly.proxy.sockets import direct_dispatch
+
+        reactor = MemoryReactor()
+        self.assertFalse(direct_dispatch(reactor))

@@ -558,3 +558,38 @@ class TimingTests(TrackerTestCase):
         self.feed(BIND_OK, done("SELECT 0"), done("SELECT 0"), ready())
         execute, query = (x for x in self.results() if x.request != r.BIND)
         self.assertEqual((execute.timed, query.timed), (False, False))
+
+
+class ImplementationParityTests(SynchronousTestCase):
+    """``receive`` gives the same results, digests and samples whichever implementation
+    of twinkly.wire.accel counts the rows (C or pure Python)."""
+
+    def track(self, impl: object, data: bytes, chunk: int, sample_rows: int) -> list[tuple]:
+        self.patch(r, "_scan_rows", impl.scan_rows)  # type: ignore[attr-defined]
+        items: list[r.Item] = []
+        tracker = ResponseTracker(items.append, FakeClock())
+        tracker.sample_rows = sample_rows
+        tracker.expect(r.QUERY, 0.0, 1, ("select", None, ()))
+        framer = MessageFramer()
+        for start in range(0, len(data), chunk):
+            tracker.receive(framer, data[start : start + chunk])
+        return [
+            (i.rows, i.digest, i.sample, i.tag) if isinstance(i, StatementResult) else i.status
+            for i in items
+        ]
+
+    def test_c_and_python_agree(self) -> None:
+        from twinkly.wire import accel
+
+        if accel.C is None:
+            raise self.skipTest("the C extension was not built")
+        rows = [row(str(i).encode(), b"x" * (i % 13)) for i in range(300)]
+        data = b"".join(
+            encode(m) for m in (COLUMNS, *rows, done("SELECT 300"), COLUMNS, done("SELECT 0"))
+        ) + encode(ready())
+        for chunk in (1, 7, 64, 1000, len(data)):
+            for sample_rows in (0, 10, 1000):
+                python = self.track(accel.PYTHON, data, chunk, sample_rows)
+                self.assertEqual(self.track(accel.C, data, chunk, sample_rows), python)
+                digest = sum(hash(encode(m)[5:]) for m in rows) & ((1 << 64) - 1)
+                self.assertEqual(python[0][:2], (300, digest))

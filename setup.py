@@ -1,0 +1,18 @@
+"""Builds the optional C accelerator; every other piece of metadata is in setup.cfg.
+
+``optional=True``: without a working compiler (or Python headers) the build says so and
+goes on, and Twinkly runs its pure-Python implementation (twinkly/wire/accel.py).
+"""
+
+from setuptools import Extension, setup
+
+setup(
+    ext_modules=[
+        Extension(
+            "twinkly.wire._accel",
+            sources=["twinkly/wire/_accel.c"],
+            extra_compile_args=["-O2"],
+            optional=True,
+        )
+    ]
+)

@@ -1,0 +1,169 @@
+"""The hot path's accelerated functions: the same cases on the C and the pure-Python
+implementation (the C class is skipped when the extension was not built)."""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from struct import pack
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from twinkly.wire import accel
+
+REPO = Path(__file__).resolve().parents[3]
+LIMIT = 1 << 20
+
+
+def message(type_char: str, payload: bytes) -> bytes:
+    return type_char.encode() + pack("!I", len(payload) + 4) + payload
+
+
+ROWS = [b"\x00\x01\x00\x00\x00\x01" + bytes([i]) for i in range(7)] + [b""]
+STREAM = (
+    message("T", b"\x00\x01a\x00")
+    + b"".join(message("D", row) for row in ROWS)
+    + message("C", b"SELECT 8\x00")
+    + message("Z", b"I")
+)
+
+
+def reference_digest(rows: list[bytes]) -> int:
+    """What the tracker always computed: the sum of hash() of each row's bytes."""
+    return sum(hash(row) for row in rows) & ((1 << 64) - 1)
+
+
+class AccelCases:
+    impl: object
+
+    def test_split_whole_and_partial_messages(self) -> None:
+        messages, pos, need = self.impl.split(STREAM, LIMIT)
+        self.assertEqual([t for t, _ in messages], [ord(c) for c in "T" + "D" * 8 + "CZ"])
+        self.assertEqual(messages[-2], (ord("C"), b"SELECT 8\x00"))
+        self.assertEqual((pos, need), (len(STREAM), 5))
+        for cut in range(len(STREAM)):
+            messages, pos, need = self.impl.split(STREAM[:cut], LIMIT)
+            self.assertEqual(b"".join(message(chr(t), p) for t, p in messages), STREAM[:pos])
+            rest = cut - pos
+            if rest < 5:
+                self.assertEqual(need, 5)
+            else:
+                self.assertGreater(need, rest)
+
+    def test_split_reports_an_invalid_length(self) -> None:
+        data = message("Q", b"x\x00") + b"Q\x00\x00\x00\x02zz"
+        messages, pos, need = self.impl.split(data, LIMIT)
+        self.assertEqual((len(messages), pos, need), (1, 7, -1))
+        self.assertEqual(self.impl.split(message("Q", b"x" * 20), 10), ([], 0, -1))
+
+    def test_scan_rows_counts_and_digests_a_run(self) -> None:
+        start = len(message("T", b"\x00\x01a\x00"))
+        pos, rows, digest, room = self.impl.scan_rows(STREAM, start, LIMIT, None, -1)
+        self.assertEqual((rows, digest, room), (8, reference_digest(ROWS), -1))
+        self.assertEqual(STREAM[pos : pos + 1], b"C")
+
+    def test_scan_rows_stops_at_other_messages_and_incomplete_rows(self) -> None:
+        self.assertEqual(self.impl.scan_rows(STREAM, 0, LIMIT, None, -1), (0, 0, 0, -1))
+        start = len(message("T", b"\x00\x01a\x00"))
+        cut = STREAM[: start + 3 * len(message("D", ROWS[0])) + 4]
+        pos, rows, digest, _ = self.impl.scan_rows(cut, start, LIMIT, None, -1)
+        self.assertEqual((rows, digest), (3, reference_digest(ROWS[:3])))
+        self.assertEqual(pos, start + 3 * len(message("D", ROWS[0])))
+        bad = message("D", b"ab") + b"D\x00\x00\x00\x01"
+        self.assertEqual(self.impl.scan_rows(bad, 0, LIMIT, None, -1)[:2], (7, 1))
+
+    def test_scan_rows_keeps_a_sample_until_room_runs_out(self) -> None:
+        data = b"".join(message("d", row) for row in ROWS)
+        sample: list[bytes] = []
+        _, rows, _, room = self.impl.scan_rows(data, 0, LIMIT, sample, 3)
+        self.assertEqual((rows, room, sample), (8, -1, ROWS[:3]))
+        sample = []
+        self.assertEqual(self.impl.scan_rows(data, 0, LIMIT, sample, 8)[3], 0)
+        self.assertEqual(sample, ROWS)
+
+    def test_digest_is_order_independent(self) -> None:
+        forward = b"".join(message("D", row) for row in ROWS)
+        backward = b"".join(message("D", row) for row in reversed(ROWS))
+        self.assertEqual(
+            self.impl.scan_rows(forward, 0, LIMIT, None, -1)[2],
+            self.impl.scan_rows(backward, 0, LIMIT, None, -1)[2],
+        )
+
+    def test_bucket_of(self) -> None:
+        scale = 8 / math.log(2)
+        for seconds in (0.0, -1.0, 1e-7, 1e-6, 1.0000001e-6, 2.5e-6, 0.0123, 1.0, 3600.0):
+            micros = seconds / 1e-6
+            expected = int(math.log(micros) * scale) if micros > 1.0 else 0
+            self.assertEqual(self.impl.bucket_of(seconds), expected, seconds)
+
+    def test_blank_literals_is_the_regular_expression(self) -> None:
+        pattern = re.compile(r"'[^']*'|\b\d+\b")
+        for sql in (
+            "select abalance from pgbench_accounts where aid = 34431;",
+            "select * from t1 where a = 12 and b = 'x''y' and c = 3.5e10",
+            "x12 12x 12_ _12 a.12 (7)",
+            "'unclosed 12 and 3",
+            "",
+            "''",
+            "12",
+            "'",
+            "é 12 'ü' 3 ٣٤ x٣",
+            "select '日本' , 42",
+        ):
+            self.assertEqual(self.impl.blank_literals(sql), pattern.sub("0", sql), sql)
+
+
+class PythonAccelTests(AccelCases, SynchronousTestCase):
+    impl = accel.PYTHON
+
+
+class CAccelTests(AccelCases, SynchronousTestCase):
+    impl = accel.C
+    if accel.C is None:
+        skip = "the C extension twinkly.wire._accel was not built"
+
+
+class SelectionTests(SynchronousTestCase):
+    def implementation(self, prelude: str = "", **env: str) -> str:
+        environment = {k: v for k, v in os.environ.items() if k != "TWINKLY_PURE_PYTHON"}
+        environment.update(env, PYTHONPATH=str(REPO))
+        code = (
+            prelude + "from twinkly.wire import accel; print(accel.IMPLEMENTATION, accel.reason())"
+        )
+        return subprocess.run(
+            [sys.executable, "-c", code], env=environment, capture_output=True, text=True,
+            check=True, timeout=60,
+        ).stdout.strip()  # fmt: skip
+
+    def test_the_environment_variable_forces_pure_python(self) -> None:
+        self.assertEqual(
+            self.implementation(TWINKLY_PURE_PYTHON="1"),
+            "python  (TWINKLY_PURE_PYTHON is set)",
+        )
+
+    def test_without_the_extension_pure_python_serves(self) -> None:
+        """An install without a compiler has no twinkly/wire/_accel*.so: simulated by
+        making its import fail."""
+        block = (
+            "import sys\n"
+            "class NoAccel:\n"
+            "    def find_spec(self, name, path=None, target=None):\n"
+            "        if name == 'twinkly.wire._accel':\n"
+            "            raise ImportError('not built')\n"
+            "sys.meta_path.insert(0, NoAccel())\n"
+        )
+        self.assertEqual(self.implementation(block), "python  (the C extension was not built)")
+
+    def test_the_c_extension_is_chosen_when_built(self) -> None:
+        if accel.C is None:
+            raise self.skipTest("the C extension was not built")
+        self.assertEqual(self.implementation(), "c")
+
+    def test_the_module_functions_are_one_implementation(self) -> None:
+        chosen = accel.C if accel.IMPLEMENTATION == "c" else accel.PYTHON
+        self.assertIs(accel.split, chosen.split)
+        self.assertIs(accel.scan_rows, chosen.scan_rows)
