@@ -1,0 +1,435 @@
+"""Columns whose values each server generated for itself, and the noise rule for them.
+
+``insert into t (id, v) values (1, 'a')`` into a table with ``ts timestamptz default
+now()`` stores a different ``ts`` on each server, and every later read of ``ts`` differs
+forever. Twinkly keeps a write history: which columns of which tables were given values
+computed on each server separately, learnt from the write statement's parse tree
+(``twinkly.sql.writes``), from the catalog (``twinkly.compare.catalog``: volatile
+defaults, identity and serial keys, generated columns over them), or by observation (a
+table with a BEFORE row trigger whose later reads differ in one column the trigger names).
+The first time a column enters the history a ``volatile_write`` event says so; later
+results whose differences are confined to such columns are ``noise`` pointing at it.
+
+The rows are compared again with those columns ignored (any two non-NULL values equal):
+a difference anywhere else in the same rows is still a ``result_mismatch``, naming only
+the columns that really differ. A sequence-generated key (serial, identity, nextval) is
+numbered in a different order on each server under concurrent inserts, so rows are then
+matched on their other columns, and the ORDER BY on that key is not held against them.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from twinkly.compare.catalog import CatalogReader, ColumnFacts, TableFacts
+from twinkly.compare.rows import VALUE, Comparison, Ordering, compare_rows
+from twinkly.compare.values import DEFAULT_RULES, NormalizationRules
+from twinkly.perf.explain import SideConnection
+from twinkly.report.events import make_event
+from twinkly.sql.writes import WriteFacts
+from twinkly.wire.backend import Column
+
+MAX_TABLES = 10_000  # tables with a write history (oldest go first)
+MAX_WAITING = 64  # distinct writes per table remembered while its catalog is being read
+VALUE_KIND, DEFAULT, KEY, GENERATED, TRIGGER, CONFIGURED = (
+    "value",
+    "default",
+    "key",
+    "generated",
+    "trigger",
+    "configured",
+)
+Database = str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """Where the values of one column came from."""
+
+    table: str
+    column: str
+    how: str  # "default now()", "set to now() by UPDATE", "set by trigger stamp (stamp())"
+    kind: str  # value default key generated trigger configured
+    event: str | None = None  # the volatile_write event that recorded it
+
+    @property
+    def name(self) -> str:
+        return f"{self.table}.{self.column}"
+
+    def reason(self, cited: bool = True) -> str:
+        seen = f" (event {self.event})" if self.event and cited else ""
+        if self.kind == CONFIGURED:
+            return f"{self.name}: listed in comparison.volatile-column-list"
+        if self.kind == KEY:
+            return (
+                f"{self.name}: a sequence-generated key ({self.how}), numbered on each"
+                f" server separately{seen}; rows matched on their other columns"
+            )
+        if self.kind in (VALUE_KIND, TRIGGER):
+            return f"{self.name}: {self.how}, on each server separately{seen}"
+        return f"{self.name}: {self.how}, written on each server separately{seen}"
+
+
+@dataclass(frozen=True, slots=True)
+class Judgement:
+    kind: str  # noise, nondeterministic or result_mismatch
+    reason: str
+    caused_by: str | None = None
+    comparison: Comparison | None = None  # result_mismatch: the rows compared again
+
+
+Emit = Callable[[dict], object]
+
+
+class VolatileColumns:
+    """The write history shared by every session, and the rule that reads it."""
+
+    def __init__(
+        self,
+        catalog: CatalogReader | None,
+        emit: Emit,
+        clock: Callable[[], float],
+        auto: bool = True,
+        configured: Iterable[str] = (),
+        redact: bool = False,
+    ) -> None:
+        self.catalog = catalog if auto else None
+        self.auto = auto
+        self._emit = emit
+        self._clock = clock
+        self.redact = redact
+        self.configured = frozenset(_split(name) for name in configured)
+        # (database, table OID on the truth) -> attnum -> Source
+        self.sources: OrderedDict[tuple[Database, int], dict[int, Source]] = OrderedDict()
+        self._waiting: dict[tuple[Database, str], set[WriteFacts]] = {}
+
+    # --- learning: writes, DDL, observation ---------------------------------------------
+
+    def wrote(
+        self,
+        writes: Sequence[WriteFacts],
+        side: SideConnection | None,
+        statement: str,
+        fingerprint: str | None,
+        session: int | None,
+    ) -> None:
+        """A write both servers ran alike (same command tag): learn what it generated."""
+        catalog = self.catalog
+        if catalog is None or side is None:
+            return
+        database = _database(side)
+        context = (statement, fingerprint, session)
+        for facts in writes:
+            if catalog.known(database, facts.table):
+                self._resolve(database, facts, catalog.cached(database, facts.table), context)
+                continue
+            key = (database, facts.table)
+            waiting = self._waiting.get(key)
+            if waiting is not None:
+                if len(waiting) < MAX_WAITING:
+                    waiting.add(facts)
+                continue
+            self._waiting[key] = {facts}
+
+            def read(table: TableFacts | None, key: tuple = key) -> None:
+                for waited in self._waiting.pop(key, ()):
+                    self._resolve(key[0], waited, table, context)
+
+            catalog.table(side, facts.table, facts.relation).addCallback(read)
+
+    def ddl(self, tables: Iterable[str], side: SideConnection | None) -> None:
+        """DDL changed these tables: read their catalog again; a column added with a
+        volatile default was filled in on each server separately."""
+        catalog = self.catalog
+        if catalog is None or side is None:
+            return
+        database = _database(side)
+        for table in tables:
+            before = catalog.cached(database, table)
+            if before is None:
+                catalog.forget(database, table)
+                continue
+            catalog.forget(database, table)
+            relation = tuple(table.split("."))
+
+            def read(after: TableFacts | None, before: TableFacts = before) -> None:
+                if after is None:
+                    return
+                old = {c.name for c in before.columns}
+                added = {
+                    c.number: Source(
+                        after.name, c.name, f"{c.how}, filled in by ALTER TABLE", DEFAULT
+                    )
+                    for c in after.columns
+                    if c.volatile and c.name not in old
+                }
+                if added:
+                    self._record(database, after, added, ("ALTER TABLE", None, None))
+
+            catalog.table(side, table, relation).addCallback(read)
+
+    def _resolve(
+        self, database: Database, facts: WriteFacts, table: TableFacts | None, context: tuple
+    ) -> None:
+        if table is None:
+            return
+        found = generated_by(facts, table, self.sources.get((database, table.oid), {}))
+        if found:
+            self._record(database, table, found, context)
+
+    def _record(
+        self, database: Database, table: TableFacts, found: dict[int, Source], context: tuple
+    ) -> None:
+        """Add what is new to the history, with one volatile_write event saying so."""
+        key = (database, table.oid)
+        known = self.sources.get(key)
+        if known is None:
+            known = self.sources[key] = {}
+            while len(self.sources) > MAX_TABLES:
+                self.sources.popitem(last=False)
+        new = {n: s for n, s in found.items() if n not in known}
+        if not new:
+            return
+        statement, fingerprint, session = context
+        reason = "; ".join(s.reason(cited=False) for s in new.values())
+        event = make_event(
+            "volatile_write",
+            now=self._clock(),
+            session=session,
+            statement=None if self.redact and statement != "ALTER TABLE" else statement,
+            fingerprint=fingerprint,
+            truth=None,
+            target=None,
+            reason=reason,
+            columns=[
+                {"table": s.table, "column": s.column, "how": s.how, "kind": s.kind}
+                for s in new.values()
+            ],
+        )
+        self._emit(event)
+        for number, source in new.items():
+            known[number] = Source(
+                source.table, source.column, source.how, source.kind, event["id"]
+            )
+
+    def observe(
+        self,
+        database: Database,
+        columns: Sequence[Column],
+        comparison: Comparison,
+        session: int | None,
+    ) -> dict[int, Source]:
+        """A read whose differences are all in one column of a table with a BEFORE row
+        trigger naming that column (or in C, naming nothing): the trigger set it on each
+        server separately. Both values must be there (NULL against a value is real)."""
+        if self.catalog is None or not comparison.differences:
+            return {}
+        if comparison.differing_rows > len(comparison.differences):
+            return {}  # differences not all seen
+        names = {d.columns for d in comparison.differences}
+        if len(names) != 1 or any(d.kind != VALUE for d in comparison.differences):
+            return {}
+        (differing,) = names
+        if len(differing) != 1:
+            return {}
+        name = differing[0]
+        index = next((k for k, c in enumerate(columns) if c.name == name and c.table_oid), None)
+        if index is None:
+            return {}
+        for d in comparison.differences:
+            if _at(d.truth, index) is None or _at(d.target, index) is None:
+                return {}
+        column = columns[index]
+        table = self.catalog.by_oid(database, column.table_oid)
+        facts = table.by_number(column.column_number) if table is not None else None
+        if table is None or facts is None:
+            return {}
+        triggers = [t for t in table.triggers if facts.name in t.columns] or [
+            t for t in table.triggers if not t.columns
+        ]
+        if not triggers:
+            return {}
+        how = "set by trigger " + ", ".join(f"{t.name} ({t.function}())" for t in triggers)
+        source = Source(table.name, facts.name, how, TRIGGER)
+        self._record(database, table, {facts.number: source}, (None, None, session))
+        return {index: self.sources[(database, table.oid)][facts.number]}
+
+    # --- reading ------------------------------------------------------------------------
+
+    def sources_for(
+        self, database: Database, columns: Sequence[Column], reads: Iterable[str] = ()
+    ) -> dict[int, Source]:
+        """The output columns (by index) whose values were generated on each server."""
+        found: dict[int, Source] = {}
+        catalog = self.catalog
+        for k, column in enumerate(columns):
+            if not column.table_oid:
+                continue
+            source = self.sources.get((database, column.table_oid), {}).get(column.column_number)
+            if source is not None:
+                found[k] = source
+        if self.configured:
+            tables = {_split(t + ".x")[0] for t in reads}
+            for k, column in enumerate(columns):
+                if k in found or not column.table_oid:
+                    continue
+                table = catalog.by_oid(database, column.table_oid) if catalog else None
+                facts = table.by_number(column.column_number) if table else None
+                if table is not None and facts is not None:
+                    names = [(_split(table.name + ".x")[0], facts.name.lower())]
+                else:  # no catalog: by the output name, among the tables read
+                    names = [(t, column.name.lower()) for t in tables]
+                for name in names:
+                    if name in self.configured:
+                        found[k] = Source(name[0], name[1], "configured", CONFIGURED)
+                        break
+        return found
+
+    def judge(
+        self,
+        database: Database,
+        columns_truth: Sequence[Column],
+        rows_truth: list[bytes],
+        columns_target: Sequence[Column],
+        rows_target: list[bytes],
+        ordering: Ordering,
+        verdict: Comparison,
+        reads: Iterable[str] = (),
+        rules: NormalizationRules = DEFAULT_RULES,
+        max_differences: int = 20,
+        session: int | None = None,
+    ) -> Judgement | None:
+        """The verdict on rows that differ, given the write history; None when the
+        history does not bear on them."""
+        sources = self.sources_for(database, columns_truth, reads)
+        if not sources and self.auto:
+            sources = self.observe(database, columns_truth, verdict, session)
+        if not sources:
+            return None
+        return judge_rows(
+            sources,
+            columns_truth,
+            rows_truth,
+            columns_target,
+            rows_target,
+            ordering,
+            verdict,
+            rules,
+            max_differences,
+        )
+
+
+def judge_rows(
+    sources: dict[int, Source],
+    columns_truth: Sequence[Column],
+    rows_truth: list[bytes],
+    columns_target: Sequence[Column],
+    rows_target: list[bytes],
+    ordering: Ordering,
+    verdict: Comparison,
+    rules: NormalizationRules = DEFAULT_RULES,
+    max_differences: int = 20,
+) -> Judgement:
+    """Compare the rows again with the generated columns ignored: noise when nothing
+    else differs, else a mismatch naming only the columns that really differ."""
+    ignored = frozenset(sources)
+    keys = ignored & {k for k, s in sources.items() if s.kind == KEY}
+    order = ordering
+    if ordering.ordered and (
+        ordering.order_columns is None or ignored & set(ordering.order_columns)
+    ):
+        # Sorted by generated values: the order itself was generated on each server.
+        order = Ordering(ordered=False, order_columns=(), limited=ordering.limited)
+    again = compare_rows(
+        columns_truth,
+        rows_truth,
+        columns_target,
+        rows_target,
+        order,
+        rules,
+        max_differences,
+        ignored=ignored,
+    )
+    differing = {name for d in verdict.differences for name in d.columns}
+    named = [s for k, s in sorted(sources.items()) if columns_truth[k].name in differing]
+    shown = list(dict.fromkeys(named or [sources[k] for k in sorted(keys or sources)]))
+    reason = "; ".join(s.reason() for s in shown)
+    caused_by = next((s.event for s in shown if s.event), None)
+    if again.equal:
+        return Judgement("noise", reason, caused_by)
+    if again.nondeterministic:
+        return Judgement("nondeterministic", f"{again.nondeterministic}; {reason}", caused_by)
+    apart = ", ".join(s.name for s in dict.fromkeys(sources.values()))
+    note = f"{apart} compared apart, generated on each server separately"
+    if keys:
+        note += "; rows matched on their other columns"
+    return Judgement("result_mismatch", note, None, again)
+
+
+def generated_by(
+    facts: WriteFacts, table: TableFacts, known: dict[int, Source] | None = None
+) -> dict[int, Source]:
+    """The columns (by attnum) one write gave values computed on each server."""
+    found: dict[int, Source] = {}
+    command = facts.command.upper()
+    for name, how in facts.volatile:
+        column = table.column(name)
+        if column is not None:
+            kind = KEY if "nextval" in how else VALUE_KIND
+            shown = how if kind == KEY else f"set to {how} by {command}"
+            found[column.number] = Source(table.name, column.name, shown, kind)
+    defaulted = set(facts.defaulted)
+    if facts.inserts:
+        if facts.listed is not None:
+            given = set(facts.listed)
+        elif facts.width < 0:
+            given = {c.name for c in table.columns}
+        else:
+            given = {c.name for c in table.columns[: facts.width]}
+        left = [c for c in table.columns if c.name not in given]
+    else:
+        left = []
+    for name in defaulted:
+        column = table.column(name)
+        if column is not None:
+            left.append(column)
+    for column in left:
+        if column.volatile and column.number not in found:
+            found[column.number] = _default_source(table, column)
+    updated = {table.column(n).number for n in facts.updated if table.column(n)}  # type: ignore[union-attr]
+    for column in table.columns:
+        if not column.generated or column.number in found:
+            continue
+        inputs = [n for n in column.depends_on if n in found]
+        recomputed = facts.inserts or bool(updated & set(column.depends_on))
+        if not inputs and recomputed and known:
+            inputs = [n for n in column.depends_on if n in known]
+        if inputs and recomputed:
+            source_column = table.by_number(inputs[0])
+            over = f"{table.name}.{source_column.name}" if source_column else "a generated column"
+            found[column.number] = Source(
+                table.name, column.name, f"{column.how} over {over}", GENERATED
+            )
+    return found
+
+
+def _default_source(table: TableFacts, column: ColumnFacts) -> Source:
+    return Source(table.name, column.name, column.how, KEY if column.sequence else DEFAULT)
+
+
+def _database(side: SideConnection) -> Database:
+    return side.parameters.get("database") or getattr(side.config, "database", None)
+
+
+def _split(name: str) -> tuple[str, str]:
+    """``schema.table.column`` or ``table.column`` -> (table as written, column), lower-case;
+    a table in the public schema matches either way."""
+    table, _, column = name.lower().rpartition(".")
+    return table.removeprefix("public."), column
+
+
+def _at(row: Any, index: int) -> Any:
+    return row[index] if row is not None and index < len(row) else None
