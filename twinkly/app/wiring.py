@@ -16,9 +16,11 @@ from typing import Any
 from twisted.application.service import MultiService
 
 from twinkly.app.service import ProxyService
+from twinkly.compare.catalog import CatalogReader
 from twinkly.compare.sessions import SessionComparisons
 from twinkly.compare.shared_state import ComparisonSettings, Monitor
 from twinkly.compare.values import NormalizationRules
+from twinkly.compare.volatile import VolatileColumns
 from twinkly.config.schema import AIConfig, BackendConfig, Config, ConfigError
 from twinkly.ops.admin import AdminConsoles
 from twinkly.ops.live import LiveStatus
@@ -106,8 +108,26 @@ def build_monitor(config: Config, reactor: object) -> Monitor:
         (config.truth.label, config.target.label),
         clock=reactor.seconds,  # type: ignore[attr-defined]
         slow=build_slow_reporter(config, reactor, emit),
+        volatile=build_volatile_columns(config, reactor, emit),
     )
     return monitor
+
+
+def build_volatile_columns(config: Config, reactor: Any, emit: Any) -> VolatileColumns:
+    """The write history, with the catalog read on side connections to the truth."""
+
+    def connect(backend: BackendConfig, parameters: dict[str, str]):  # type: ignore[no-untyped-def]
+        return connect_backend(reactor, backend, parameters, config.proxy.max_message_bytes)
+
+    auto = config.comparison.volatile_columns == "auto"
+    return VolatileColumns(
+        CatalogReader(connect, reactor) if auto else None,  # type: ignore[arg-type]
+        emit,
+        reactor.seconds,
+        auto=auto,
+        configured=config.comparison.volatile_column_list,
+        redact=config.reporting.redact,
+    )
 
 
 def build_slow_reporter(config: Config, reactor: Any, emit: Any) -> SlowQueryReporter:

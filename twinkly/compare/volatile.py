@@ -108,6 +108,22 @@ class VolatileColumns:
 
     # --- learning: writes, DDL, observation ---------------------------------------------
 
+    def plain(self, side: SideConnection, tables: Iterable[str]) -> bool:
+        """Every table is known to the catalog and has nothing a server generates."""
+        catalog = self.catalog
+        if catalog is None:
+            return True
+        database = _database(side)
+        for table in tables:
+            if not catalog.known(database, table):
+                return False
+            facts = catalog.cached(database, table)
+            if facts is not None and (
+                facts.triggers or any(c.volatile or c.generated for c in facts.columns)
+            ):
+                return False
+        return True
+
     def wrote(
         self,
         writes: Sequence[WriteFacts],
@@ -199,7 +215,7 @@ class VolatileColumns:
             "volatile_write",
             now=self._clock(),
             session=session,
-            statement=None if self.redact and statement != "ALTER TABLE" else statement,
+            statement=statement,
             fingerprint=fingerprint,
             truth=None,
             target=None,
@@ -433,3 +449,44 @@ def _split(name: str) -> tuple[str, str]:
 
 def _at(row: Any, index: int) -> Any:
     return row[index] if row is not None and index < len(row) else None
+
+
+# --- what the comparator calls ----------------------------------------------------------
+
+_WRITE_TAGS = frozenset((b"INSERT", b"UPDATE", b"MERGE", b"COPY"))
+_DDL_TAGS = frozenset((b"ALTER", b"CREATE", b"DROP"))
+
+
+def learn(
+    volatile: VolatileColumns,
+    truth: Any,
+    target: Any,
+    info: Callable[[], Any],
+    side: SideConnection | None,
+    session: int | None,
+) -> None:
+    """After a pair of results: a write both ran alike, or DDL, teaches the history.
+    The SQL is read only for writes, and not at all for tables known to have nothing
+    generated (the catalog said so) written without volatile functions."""
+    if volatile.catalog is None or side is None or truth.error is not None:
+        return
+    tag = truth.tag or b""
+    verb = tag.split(b" ", 1)[0]
+    if verb in _WRITE_TAGS:
+        if tag != target.tag or tag.endswith(b" 0") or target.error is not None:
+            return  # nothing written, or written differently (that is a tag_mismatch)
+        statement = info()
+        if statement is None or not statement.writes:
+            return
+        if not statement.volatile and volatile.plain(side, statement.writes):
+            return
+        from twinkly.sql.writes import write_facts
+
+        writes = write_facts(statement.sql)
+        if writes:
+            shown = statement.redacted if volatile.redact else statement.sql
+            volatile.wrote(writes, side, shown, statement.fingerprint, session)
+    elif verb in _DDL_TAGS:
+        statement = info()
+        if statement is not None and statement.kind == "ddl" and statement.writes:
+            volatile.ddl(statement.writes, side)
