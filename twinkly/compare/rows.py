@@ -52,6 +52,7 @@ class RowDifference:
     truth: tuple | None  # the row as text (str or None per field; bytes as \x hex)
     target: tuple | None
     columns: tuple[str, ...] = ()  # names of the differing columns, for kind "value"
+    positions: tuple[int, ...] = ()  # ... and their 0-based positions in the rows
 
 
 @dataclass(frozen=True)
@@ -432,12 +433,14 @@ def compare_rows(
         if ordering.ordered:
             position = i if kind in (VALUE, MISSING) else j
         columns: tuple[str, ...] = ()
+        positions: tuple[int, ...] = ()
         if kind == VALUE:
             na, nb = a.norm(i), b.norm(j)
             width = max(len(na), len(nb))
-            columns = tuple(
-                a.name(k) for k in range(width) if k >= len(na) or k >= len(nb) or na[k] != nb[k]
+            positions = tuple(
+                k for k in range(width) if k >= len(na) or k >= len(nb) or na[k] != nb[k]
             )
+            columns = tuple(a.name(k) for k in positions)
         differences.append(
             RowDifference(
                 kind,
@@ -445,6 +448,7 @@ def compare_rows(
                 None if i is None else a.render(i),
                 None if j is None else b.render(j),
                 columns,
+                positions,
             )
         )
     return Comparison(False, reason, tuple(differences), len(issues))
