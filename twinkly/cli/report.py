@@ -414,7 +414,8 @@ def _differing_values(item: dict[str, Any]) -> list[str]:
     truth, target = item.get("truth"), item.get("target")
     if not isinstance(truth, list) or not isinstance(target, list):
         return []
-    names = item.get("columns") if isinstance(item.get("columns"), list) else []
+    given = item.get("columns")
+    names: list = given if isinstance(given, list) else []
     positions = item.get("positions")
     if not isinstance(positions, list) or len(positions) != len(names):
         # Older events: the fields whose text differs, named when they are the named ones.

@@ -20,7 +20,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from twinkly.perf.explain import SideConnection
+from twinkly.proxy.backend import SideConnection
 from twinkly.sql.analysis import analyze
 from twinkly.sql.quoting import quote_identifier, quote_literal
 
@@ -129,7 +129,12 @@ class CatalogReader:
             waiting = self._pending[key] = self._read(side, table, relation)
             waiting.addBoth(self._store, key)
         result: defer.Deferred[TableFacts | None] = defer.Deferred()
-        waiting.addBoth(lambda facts: (result.callback(facts), facts)[1])
+
+        def share(facts: TableFacts | None) -> TableFacts | None:
+            result.callback(facts)
+            return facts
+
+        waiting.addCallback(share)
         return result
 
     def _store(self, facts: TableFacts | None, key: tuple[str | None, str]) -> TableFacts | None:

@@ -32,6 +32,7 @@ from twinkly.perf.timing import (
     remember,
     timings,
 )
+from twinkly.proxy.backend import SideConnection
 from twinkly.report.describe import (
     bound_parameters,
     difference,
@@ -277,7 +278,7 @@ class Comparator:
             "result_mismatch", truth, target, info, differences=differences, reason=reason
         )
 
-    def _truth_side(self) -> object | None:
+    def _truth_side(self) -> SideConnection | None:
         """How to reach the truth as this session did (the catalog's side connection)."""
         sides = self._facts.side_connections() if self._facts is not None else None
         return sides[0] if sides else None
@@ -289,7 +290,7 @@ class Comparator:
             return None
         side = self._truth_side()
         return volatile.judge(
-            side.parameters.get("database") if side is not None else None,  # type: ignore[attr-defined]
+            side.parameters.get("database") if side is not None else None,
             columns,
             truth.sample,
             decode_columns(target.columns or b"\0\0"),

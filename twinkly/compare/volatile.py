@@ -27,7 +27,7 @@ from typing import Any
 from twinkly.compare.catalog import CatalogReader, ColumnFacts, TableFacts
 from twinkly.compare.rows import VALUE, Comparison, Ordering, compare_rows
 from twinkly.compare.values import DEFAULT_RULES, NormalizationRules
-from twinkly.perf.explain import SideConnection
+from twinkly.proxy.backend import SideConnection
 from twinkly.report.events import make_event
 from twinkly.sql.writes import WriteFacts
 from twinkly.wire.backend import Column

@@ -338,8 +338,7 @@ def _describe(stmt: Tree, walk: _Notes, text: str | bytes, base: int) -> Stateme
             writes, read_only = set(), True
     elif node_type == "VariableShowStmt":
         read_only = True
-        if node.get("name", "").lower() in SERVER_IDENTITY_SETTINGS:
-            identity.add(node["name"].lower())
+        identity |= _shown_identity(node)
     elif node_type == "TransactionStmt":
         transaction = node.get("kind", "").removeprefix("TRANS_STMT_").lower()
         transaction = "begin" if transaction == "start" else transaction
@@ -372,6 +371,12 @@ def _describe(stmt: Tree, walk: _Notes, text: str | bytes, base: int) -> Stateme
         sets=tuple(dict.fromkeys(sets)),
         **(_ordering(query) if query is not None else {}),
     )
+
+
+def _shown_identity(show: Tree) -> set[str]:
+    """SHOW of a setting that names the server (port, server_version...)."""
+    name = show.get("name", "").lower()
+    return {name} if name in SERVER_IDENTITY_SETTINGS else set()
 
 
 def _read_only(walk: _Notes, volatile: set[str]) -> bool:

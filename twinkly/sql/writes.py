@@ -147,9 +147,8 @@ def _relation(range_var: Tree) -> tuple[str, tuple[str, ...]]:
     return ".".join(parts).lower(), parts
 
 
-def _assignments(
-    targets: list, facts: dict[str, list]
-) -> None:  # UPDATE SET, DO UPDATE SET, MERGE UPDATE
+def _assignments(targets: list, facts: dict[str, Any]) -> None:
+    """UPDATE SET, DO UPDATE SET, MERGE UPDATE."""
     for target in targets:
         res = target.get("ResTarget", {})
         name = res.get("name")
@@ -172,7 +171,7 @@ def _assignments(
             facts["volatile"].append((name, how))
 
 
-def _inserted(cols: list | None, select: Tree | None, facts: dict[str, list]) -> None:
+def _inserted(cols: list | None, select: Tree | None, facts: dict[str, Any]) -> None:
     """An INSERT's (or MERGE INSERT's) rows: listed columns and the values given them."""
     names = [c.get("ResTarget", {}).get("name", "") for c in cols or ()]
     facts["inserts"] = True
