@@ -13,7 +13,7 @@ from twinkly.compare.catalog import CatalogReader
 from twinkly.compare.rows import Ordering, compare_rows
 from twinkly.compare.volatile import VolatileColumns, generated_by, learn
 from twinkly.config.schema import BackendConfig
-from twinkly.perf.explain import SideConnection
+from twinkly.proxy.backend import SideConnection
 from twinkly.sql.analysis import analyze
 from twinkly.sql.writes import write_facts
 from twinkly.wire.backend import Column, DataRow
