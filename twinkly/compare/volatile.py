@@ -243,8 +243,6 @@ class VolatileColumns:
         server separately. Both values must be there (NULL against a value is real)."""
         if self.catalog is None or not comparison.differences:
             return {}
-        if comparison.differing_rows > len(comparison.differences):
-            return {}  # differences not all seen
         names = {d.columns for d in comparison.differences}
         if len(names) != 1 or any(d.kind != VALUE for d in comparison.differences):
             return {}
@@ -269,9 +267,20 @@ class VolatileColumns:
         if not triggers:
             return {}
         how = "set by trigger " + ", ".join(f"{t.name} ({t.function}())" for t in triggers)
-        source = Source(table.name, facts.name, how, TRIGGER)
-        self._record(database, table, {facts.number: source}, (None, None, session))
-        return {index: self.sources[(database, table.oid)][facts.number]}
+        return {index: Source(table.name, facts.name, how, TRIGGER)}
+
+    def _observed(
+        self, database: Database, columns: Sequence[Column], sources: dict[int, Source],
+        session: int | None,
+    ) -> dict[int, Source]:  # fmt: skip
+        """Record what observation found (once confirmed on every row), with its event."""
+        ((index, source),) = sources.items()
+        column = columns[index]
+        table = self.catalog.by_oid(database, column.table_oid) if self.catalog else None
+        if table is None:
+            return sources
+        self._record(database, table, {column.column_number: source}, (None, None, session))
+        return {index: self.sources[(database, table.oid)][column.column_number]}
 
     # --- reading ------------------------------------------------------------------------
 
@@ -321,21 +330,20 @@ class VolatileColumns:
         """The verdict on rows that differ, given the write history; None when the
         history does not bear on them."""
         sources = self.sources_for(database, columns_truth, reads)
+        observed = False
         if not sources and self.auto:
             sources = self.observe(database, columns_truth, verdict, session)
+            observed = bool(sources)
         if not sources:
             return None
-        return judge_rows(
-            sources,
-            columns_truth,
-            rows_truth,
-            columns_target,
-            rows_target,
-            ordering,
-            verdict,
-            rules,
-            max_differences,
-        )
+        rows = (columns_truth, rows_truth, columns_target, rows_target)
+        judged = judge_rows(sources, *rows, ordering, verdict, rules, max_differences)
+        if not observed:
+            return judged
+        if judged.kind != "noise":
+            return None  # the trigger's column is not the only difference in every row
+        sources = self._observed(database, columns_truth, sources, session)
+        return judge_rows(sources, *rows, ordering, verdict, rules, max_differences)
 
 
 def judge_rows(

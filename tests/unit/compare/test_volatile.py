@@ -301,6 +301,19 @@ class ObservationTests(SynchronousTestCase):
         self.assertEqual(judged.kind, "result_mismatch")  # remembered: v alone differs
         self.assertEqual(judged.comparison.differences[0].columns, ("v",))
 
+    def test_confirmed_on_every_row_not_only_the_listed_ones(self) -> None:
+        truth = [row(str(i), "a", f"x{i}") for i in range(50)]
+        target = [row(str(i), "a", f"y{i}") for i in range(50)]
+        cols, order = self.s, BY_ID
+        verdict = compare_rows(cols, truth, cols, target, order, max_differences=3)
+        target[40] = row("40", "changed", "y40")  # beyond the three differences listed
+        judged = self.h.volatile.judge("app", cols, truth, cols, target, order, verdict)
+        self.assertIsNone(judged)
+        self.assertEqual(self.h.events, [])
+        target[40] = row("40", "a", "y40")
+        judged = self.h.volatile.judge("app", cols, truth, cols, target, order, verdict)
+        self.assertEqual((judged.kind, len(self.h.events)), ("noise", 1))
+
     def test_two_columns_or_a_null_are_not_observed(self) -> None:
         self.assertIsNone(judge(self.h, self.s, [row("1", "a", "x")], [row("1", "b", "y")]))
         self.assertIsNone(judge(self.h, self.s, [row("1", "a", "x")], [row("1", "a", None)]))
