@@ -19,6 +19,7 @@ matched on their other columns, and the ORDER BY on that key is not held against
 
 from __future__ import annotations
 
+import re
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from twinkly.compare.rows import VALUE, Comparison, Ordering, compare_rows
 from twinkly.compare.values import DEFAULT_RULES, NormalizationRules
 from twinkly.proxy.backend import SideConnection
 from twinkly.report.events import make_event
+from twinkly.sql.analysis import VOLATILE_FUNCTIONS
 from twinkly.sql.writes import WriteFacts
 from twinkly.wire.backend import Column
 
@@ -462,6 +464,16 @@ def _at(row: Any, index: int) -> Any:
 # --- what the comparator calls ----------------------------------------------------------
 
 _WRITE_TAGS = frozenset((b"INSERT", b"UPDATE", b"MERGE", b"COPY"))
+# The table a plain write names first, read without parsing (a cheap first look).
+_WRITE_TARGET = re.compile(
+    r"\s*(?:insert\s+into|update|merge\s+into|copy)\s+(?:only\s+)?([a-z_][a-z0-9_$]*"
+    r"(?:\.[a-z_][a-z0-9_$]*)?)\s*[\s(;]",
+    re.IGNORECASE,
+)
+# Every volatile function's name and the 'now'-like literals, as words: a write without
+# any of them computes nothing itself (analysis.VOLATILE_FUNCTIONS).
+_HINT_WORDS = "|".join(sorted(VOLATILE_FUNCTIONS | {"today", "tomorrow", "yesterday"}))
+_VOLATILE_HINTS = re.compile(rf"\b(?:{_HINT_WORDS})\b", re.IGNORECASE)
 _DDL_TAGS = frozenset((b"ALTER", b"CREATE", b"DROP"))
 
 
@@ -483,6 +495,15 @@ def learn(
     if verb in _WRITE_TAGS:
         if tag != target.tag or tag.endswith(b" 0") or target.error is not None:
             return  # nothing written, or written differently (that is a tag_mismatch)
+        sql = truth.context[0] if truth.context else ""
+        named = _WRITE_TARGET.match(sql)
+        plain = (
+            named is not None
+            and ";" not in sql.rstrip().rstrip(";")  # one statement only
+            and not _VOLATILE_HINTS.search(sql)
+        )
+        if plain and volatile.plain(side, (named[1].lower(),)):  # type: ignore[index]
+            return  # a known table with nothing generated: no parsing at all
         statement = info()
         if statement is None or not statement.writes:
             return

@@ -81,10 +81,13 @@ class Harness:
             d.callback(FakeBackend(self.queries))
         return d
 
-    def write(self, sql: str, tag: bytes = b"INSERT 0 1") -> None:
-        (info,) = analyze(sql)
-        result = SimpleNamespace(tag=tag, error=None)
-        learn(self.volatile, result, result, lambda: info, self.side, 7)
+    def write(self, sql: str, tag: bytes = b"INSERT 0 1") -> int:
+        """Learn from one write; how many times its SQL had to be analyzed."""
+        info = analyze(sql)[-1]  # of a multi-statement text: its last statement's
+        result = SimpleNamespace(tag=tag, error=None, context=(sql, None, ()))
+        parsed = []
+        learn(self.volatile, result, result, lambda: parsed.append(1) or info, self.side, 7)
+        return len(parsed)
 
 
 def row(*values: str | None) -> bytes:
@@ -197,9 +200,13 @@ class LearningTests(SynchronousTestCase):
         h = Harness()
         TABLES['"p"'] = ([[str(OID + 9), "1", "id", None, "", "", None, None]], [])
         self.addCleanup(TABLES.pop, '"p"')
-        h.write("insert into p values (1)")
+        self.assertEqual(h.write("insert into p values (1)"), 1)
         self.assertTrue(h.volatile.plain(h.side, {"p"}))
         self.assertFalse(h.volatile.plain(h.side, {"t"}))
+        self.assertEqual(h.write("update p set id = 2 where id = 1", b"UPDATE 1"), 0)
+        self.assertEqual(h.write("insert into p values (random())"), 1)  # may be volatile
+        self.assertEqual(h.write("with x as (select 1) insert into p select 1"), 1)
+        self.assertEqual(h.write("insert into p values (1); insert into t (id) values (2)"), 1)
 
     def test_ddl_adding_a_volatile_default(self) -> None:
         h = Harness()
