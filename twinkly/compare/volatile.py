@@ -25,7 +25,15 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from twinkly.compare.catalog import CatalogReader, ColumnFacts, TableFacts
+from twinkly.compare.catalog import CatalogReader, TableFacts
+from twinkly.compare.generated import (
+    CONFIGURED,
+    DEFAULT,
+    KEY,
+    TRIGGER,
+    Source,
+    generated_by,
+)
 from twinkly.compare.rows import VALUE, Comparison, Ordering, compare_rows
 from twinkly.compare.values import DEFAULT_RULES, NormalizationRules
 from twinkly.proxy.backend import SideConnection
@@ -36,43 +44,7 @@ from twinkly.wire.backend import Column
 
 MAX_TABLES = 10_000  # tables with a write history (oldest go first)
 MAX_WAITING = 64  # distinct writes per table remembered while its catalog is being read
-VALUE_KIND, DEFAULT, KEY, GENERATED, TRIGGER, CONFIGURED = (
-    "value",
-    "default",
-    "key",
-    "generated",
-    "trigger",
-    "configured",
-)
 Database = str | None
-
-
-@dataclass(frozen=True, slots=True)
-class Source:
-    """Where the values of one column came from."""
-
-    table: str
-    column: str
-    how: str  # "default now()", "set to now() by UPDATE", "set by trigger stamp (stamp())"
-    kind: str  # value default key generated trigger configured
-    event: str | None = None  # the volatile_write event that recorded it
-
-    @property
-    def name(self) -> str:
-        return f"{self.table}.{self.column}"
-
-    def reason(self, cited: bool = True) -> str:
-        seen = f" (event {self.event})" if self.event and cited else ""
-        if self.kind == CONFIGURED:
-            return f"{self.name}: listed in comparison.volatile-column-list"
-        if self.kind == KEY:
-            return (
-                f"{self.name}: a sequence-generated key ({self.how}), numbered on each"
-                f" server separately{seen}; rows matched on their other columns"
-            )
-        if self.kind in (VALUE_KIND, TRIGGER):
-            return f"{self.name}: {self.how}, on each server separately{seen}"
-        return f"{self.name}: {self.how}, written on each server separately{seen}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -393,57 +365,6 @@ def judge_rows(
     if keys:
         note += "; rows matched on their other columns"
     return Judgement("result_mismatch", note, None, again)
-
-
-def generated_by(
-    facts: WriteFacts, table: TableFacts, known: dict[int, Source] | None = None
-) -> dict[int, Source]:
-    """The columns (by attnum) one write gave values computed on each server."""
-    found: dict[int, Source] = {}
-    command = facts.command.upper()
-    for name, how in facts.volatile:
-        column = table.column(name)
-        if column is not None:
-            kind = KEY if "nextval" in how else VALUE_KIND
-            shown = how if kind == KEY else f"set to {how} by {command}"
-            found[column.number] = Source(table.name, column.name, shown, kind)
-    defaulted = set(facts.defaulted)
-    if facts.inserts:
-        if facts.listed is not None:
-            given = set(facts.listed)
-        elif facts.width < 0:
-            given = {c.name for c in table.columns}
-        else:
-            given = {c.name for c in table.columns[: facts.width]}
-        left = [c for c in table.columns if c.name not in given]
-    else:
-        left = []
-    for name in defaulted:
-        column = table.column(name)
-        if column is not None:
-            left.append(column)
-    for column in left:
-        if column.volatile and column.number not in found:
-            found[column.number] = _default_source(table, column)
-    updated = {table.column(n).number for n in facts.updated if table.column(n)}  # type: ignore[union-attr]
-    for column in table.columns:
-        if not column.generated or column.number in found:
-            continue
-        inputs = [n for n in column.depends_on if n in found]
-        recomputed = facts.inserts or bool(updated & set(column.depends_on))
-        if not inputs and recomputed and known:
-            inputs = [n for n in column.depends_on if n in known]
-        if inputs and recomputed:
-            source_column = table.by_number(inputs[0])
-            over = f"{table.name}.{source_column.name}" if source_column else "a generated column"
-            found[column.number] = Source(
-                table.name, column.name, f"{column.how} over {over}", GENERATED
-            )
-    return found
-
-
-def _default_source(table: TableFacts, column: ColumnFacts) -> Source:
-    return Source(table.name, column.name, column.how, KEY if column.sequence else DEFAULT)
 
 
 def _database(side: SideConnection) -> Database:

@@ -10,8 +10,9 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from twinkly.compare.catalog import CatalogReader
+from twinkly.compare.generated import generated_by
 from twinkly.compare.rows import Ordering, compare_rows
-from twinkly.compare.volatile import VolatileColumns, generated_by, learn
+from twinkly.compare.volatile import VolatileColumns, learn
 from twinkly.config.schema import BackendConfig
 from twinkly.proxy.backend import SideConnection
 from twinkly.sql.analysis import analyze
