@@ -33,6 +33,33 @@ def demo_config(truth: Server, target: Server, listen_port: int, http_port: int)
     )
 
 
+def direct_psql(server: Server) -> str:
+    """The line that reaches one server directly, bypassing Twinkly (with its own psql)."""
+    try:
+        psql = str(server.binary("psql"))
+    except FileNotFoundError:
+        psql = "psql"
+    return f"PGPASSWORD=twinkly-pw {psql} -h {server.host} -p {server.port} -U twinkly app"
+
+
+def banner(truth: Server, target: Server, listen_port: int, http_port: int, workdir: Path) -> str:
+    """What the demo prints once everything runs: where to connect, where the events go."""
+    events = workdir / "reports" / "twinkly-events.jsonl"  # twistd runs in workdir
+    return (
+        f"\nTwinkly: source of truth PostgreSQL {truth.major} on port {truth.port},"
+        f" target PostgreSQL {target.major} on port {target.port}.\n"
+        f"Connect with:\n\n  PGPASSWORD=twinkly-pw psql -h 127.0.0.1 -p {listen_port}"
+        f" -U twinkly app\n\nDashboard: http://127.0.0.1:{http_port}/"
+        f"   Admin console: psql -h 127.0.0.1 -p {listen_port} -U twinkly twinkly\n"
+        f"\nEvents file: {events}\n"
+        f"  .venv/bin/twinkly report {events}\n"
+        "\nEach server directly (bypassing Twinkly, e.g. to make them differ):\n"
+        f"  truth  ({truth.label}): {direct_psql(truth)}\n"
+        f"  target ({target.label}): {direct_psql(target)}\n"
+        "\nCtrl-C stops Twinkly and both servers.\n"
+    )
+
+
 def twistd_command(config_path: Path) -> list[str]:
     twistd = Path(sys.executable).with_name("twistd")
     return [str(twistd), "-n", "--pidfile=", "twinkly", "--config", str(config_path)]
@@ -54,15 +81,7 @@ def main() -> int:
         workdir = Path(tempfile.mkdtemp(prefix="twinkly-demo-"))
         config_path = workdir / "twinkly.conf"
         config_path.write_text(demo_config(truth, target, listen_port, http_port))
-        print(
-            f"\nTwinkly: source of truth PostgreSQL {truth.major} on port {truth.port},"
-            f" target PostgreSQL {target.major} on port {target.port}.\n"
-            f"Connect with:\n\n  PGPASSWORD=twinkly-pw psql -h 127.0.0.1 -p {listen_port}"
-            f" -U twinkly app\n\nDashboard: http://127.0.0.1:{http_port}/"
-            f"   Admin console: psql -h 127.0.0.1 -p {listen_port} -U twinkly twinkly\n"
-            "\nCtrl-C stops Twinkly and both servers.\n",
-            flush=True,
-        )
+        print(banner(truth, target, listen_port, http_port, workdir), flush=True)
         proxy = subprocess.Popen(twistd_command(config_path), cwd=workdir)
         try:
             return proxy.wait()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -50,6 +51,19 @@ def test_demo_runs_and_stops_cleanly(tmp_path: Path) -> None:
         output = (tmp_path / "demo.log").read_text()
         assert f"psql -h 127.0.0.1 -p {port} -U twinkly app" in output
         assert f"Dashboard: http://127.0.0.1:{http_port}/" in output
+        events = re.search(r"Events file: (\S+/reports/twinkly-events\.jsonl)", output)
+        assert events, output
+        for side in ("truth  (pg15)", "target (pg18)"):
+            line = re.search(
+                rf"{re.escape(side)}: PGPASSWORD=twinkly-pw (\S*psql) -h 127.0.0.1 -p (\d+)"
+                " -U twinkly app",
+                output,
+            )
+            assert line, output
+            direct = f"host=127.0.0.1 port={line[2]} user=twinkly password=twinkly-pw dbname=app"
+            with psycopg.connect(direct, connect_timeout=5) as conn:
+                major = conn.info.server_version // 10000
+            assert major == (15 if "truth" in side else 18)
         with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/healthz", timeout=10) as r:
             assert r.read() == b"ok"
         sandbox = next(line for line in output.splitlines() if "source of truth PostgreSQL" in line)

@@ -19,9 +19,11 @@ from twisted.application.service import MultiService
 from twisted.internet.interfaces import IReactorTime
 
 from twinkly.app.service import IServiceReactor, ProxyService
+from twinkly.compare.catalog import CatalogReader
 from twinkly.compare.sessions import SessionComparisons
 from twinkly.compare.shared_state import ComparisonSettings, Monitor
 from twinkly.compare.values import NormalizationRules
+from twinkly.compare.volatile import VolatileColumns
 from twinkly.config.schema import AIConfig, BackendConfig, Config, ConfigError
 from twinkly.ops.admin import AdminConsoles
 from twinkly.ops.cluster import (
@@ -158,8 +160,28 @@ def build_monitor(config: Config, reactor: IServiceReactor) -> Monitor:
         (config.truth.label, config.target.label),
         clock=reactor.seconds,
         slow=build_slow_reporter(config, reactor, emit),
+        volatile=build_volatile_columns(config, reactor, emit),
     )
     return monitor
+
+
+def build_volatile_columns(
+    config: Config, reactor: IServiceReactor, emit: Callable[[dict], bool]
+) -> VolatileColumns:
+    """The write history, with the catalog read on side connections to the truth."""
+
+    def connect(backend: BackendConfig, parameters: dict[str, str]):  # type: ignore[no-untyped-def]
+        return connect_backend(reactor, backend, parameters, config.proxy.max_message_bytes)
+
+    auto = config.comparison.volatile_columns == "auto"
+    return VolatileColumns(
+        CatalogReader(connect, reactor) if auto else None,
+        emit,
+        reactor.seconds,
+        auto=auto,
+        configured=config.comparison.volatile_column_list,
+        redact=config.reporting.redact,
+    )
 
 
 def build_slow_reporter(

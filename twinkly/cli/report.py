@@ -32,6 +32,7 @@ SLOW_FIELDS = ("plan_summary", "insights")  # slow_query: both plans in a line, 
 CLIP_JSON = 2000  # characters of JSON kept per value of an example (statement: CLIP_STATEMENT)
 CLIP_STATEMENT = 10_000
 TEXT_CELL = 48  # characters per cell in the side-by-side differences
+TEXT_VALUE = 400  # characters of each differing column's value, shown whole up to this
 TEXT_STATEMENT = 400
 
 
@@ -386,9 +387,12 @@ def _render_group(number: int, group: dict[str, Any]) -> list[str]:
 
 def _side_by_side(differences: list[Any]) -> list[str]:
     rows: list[tuple[str, str, str]] = []
+    values: dict[int, list[str]] = {}  # row -> its differing columns' values, in full
     for item in differences:
         if isinstance(item, dict) and ("truth" in item or "target" in item):
-            where = " ".join(f"{k}={_cell(v)}" for k, v in item.items() if k not in SIDES)
+            shown = {k: v for k, v in item.items() if k not in SIDES and k != "positions"}
+            where = " ".join(f"{k}={_cell(v)}" for k, v in shown.items())
+            values[len(rows)] = _differing_values(item)
             rows.append((where, _cell(item.get("truth")), _cell(item.get("target"))))
         elif isinstance(item, list | tuple) and len(item) == 2:
             rows.append(("", _cell(item[0]), _cell(item[1])))
@@ -396,10 +400,44 @@ def _side_by_side(differences: list[Any]) -> list[str]:
             rows.append(("", _cell(item), ""))
     where_w = max(len(r[0]) for r in rows)
     truth_w = max(len(r[1]) for r in rows)
+    out = []
+    for number, (where, truth, target) in enumerate(rows):
+        out.append((f"{where:<{where_w}}  " if where_w else "") + f"{truth:<{truth_w}} | {target}")
+        out.extend("  " + line for line in values.get(number, ()))
+    return out
+
+
+def _differing_values(item: dict[str, Any]) -> list[str]:
+    """``* name: truth | target`` for each differing column of a changed row, the values
+    whole (up to TEXT_VALUE characters): rows cut at a cell's width can hide the one
+    difference, e.g. in a timestamp's microseconds."""
+    truth, target = item.get("truth"), item.get("target")
+    if not isinstance(truth, list) or not isinstance(target, list):
+        return []
+    given = item.get("columns")
+    names: list = given if isinstance(given, list) else []
+    positions = item.get("positions")
+    if not isinstance(positions, list) or len(positions) != len(names):
+        # Older events: the fields whose text differs, named when they are the named ones.
+        positions = [
+            k for k in range(max(len(truth), len(target))) if _at(truth, k) != _at(target, k)
+        ]
+        if len(positions) != len(names):
+            names = [f"#{k + 1}" for k in positions]
     return [
-        (f"{where:<{where_w}}  " if where_w else "") + f"{truth:<{truth_w}} | {target}"
-        for where, truth, target in rows
+        f"* {name}: {_value(_at(truth, k))} | {_value(_at(target, k))}"
+        for name, k in zip(names, positions, strict=False)
+        if isinstance(k, int)
     ]
+
+
+def _at(row: list, k: int) -> Any:
+    return row[k] if 0 <= k < len(row) else None
+
+
+def _value(value: Any) -> str:
+    text = json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= TEXT_VALUE else text[: TEXT_VALUE - 3] + "..."
 
 
 def _cell(value: Any) -> str:

@@ -20,6 +20,7 @@ from zope.interface import implementer
 from twinkly.compare.rows import Ordering, compare_columns, compare_rows
 from twinkly.compare.shared_state import Monitor
 from twinkly.compare.values import decode_columns
+from twinkly.compare.volatile import learn
 from twinkly.interfaces import IPairObserver, ISessionFacts, IVerdictListener
 from twinkly.perf.latency import NOTHING
 from twinkly.perf.timing import (
@@ -31,6 +32,7 @@ from twinkly.perf.timing import (
     remember,
     timings,
 )
+from twinkly.proxy.backend import SideConnection
 from twinkly.report.describe import (
     bound_parameters,
     difference,
@@ -96,6 +98,9 @@ class Comparator:
             monitor.count("sampled_out")
             return
         self._judge(truth, target)
+        if monitor.volatile is not None:
+            learn(monitor.volatile, truth, target, lambda: self._info(truth), self._truth_side(),
+                  self.session_id)  # fmt: skip
         if (
             truth.request in TIMED
             and (settings.slow.enabled or settings.fail_on_slow_queries)
@@ -219,6 +224,7 @@ class Comparator:
         monitor = self.monitor
         settings = monitor.settings
         differences: list = []
+        note = ""
         differing = abs(truth.rows - target.rows)
         complete = truth.sample is not None and target.sample is not None
         if complete and truth.columns is not None:
@@ -247,11 +253,22 @@ class Comparator:
                     "nondeterministic", truth, target, info, verdict.nondeterministic, differences
                 )
                 return
+            judged = self._volatile(truth, target, columns, ordering, verdict, info)
+            if judged is not None and judged.comparison is None:
+                self._benign(
+                    judged.kind, truth, target, info, judged.reason, differences,
+                    caused_by=judged.caused_by,
+                )  # fmt: skip
+                return
+            if judged is not None and judged.comparison is not None:
+                differences = [difference(d) for d in judged.comparison.differences]
+                differing, note = judged.comparison.differing_rows, f" ({judged.reason})"
         noise = _noise_reason(info)
         if noise is not None:
             self._benign("noise", truth, target, info, noise, differences)
             return
         reason = f"{differing} rows differ" if differing else "the rows differ"
+        reason += note
         if not complete:
             reason += (
                 f" (result larger than {settings.max_compared_rows} rows:"
@@ -259,6 +276,31 @@ class Comparator:
             )
         self._mismatch(
             "result_mismatch", truth, target, info, differences=differences, reason=reason
+        )
+
+    def _truth_side(self) -> SideConnection | None:
+        """How to reach the truth as this session did (the catalog's side connection)."""
+        sides = self._facts.side_connections() if self._facts is not None else None
+        return sides[0] if sides else None
+
+    def _volatile(self, truth, target, columns, ordering, verdict, info):  # type: ignore[no-untyped-def]
+        """The write history's verdict on differing rows (twinkly.compare.volatile)."""
+        volatile = self.monitor.volatile
+        if volatile is None:
+            return None
+        side = self._truth_side()
+        return volatile.judge(
+            side.parameters.get("database") if side is not None else None,
+            columns,
+            truth.sample,
+            decode_columns(target.columns or b"\0\0"),
+            target.sample,
+            ordering,
+            verdict,
+            info.reads if info is not None else (),
+            self.monitor.settings.rules,
+            self.monitor.settings.max_sample_rows,
+            self.session_id,
         )
 
     # --- timing ---------------------------------------------------------------------
@@ -335,12 +377,14 @@ class Comparator:
 
     # --- events ---------------------------------------------------------------------
 
-    def _benign(self, kind: str, truth, target, info, reason: str, differences: list) -> None:
+    def _benign(
+        self, kind: str, truth, target, info, reason: str, differences: list, **fields: object
+    ) -> None:
         self.monitor.count(kind)
         if self.monitor.settings.log_differences_only:
             self.monitor.events[kind] += 1
             return
-        self._event(kind, truth, target, info, reason=reason, differences=differences)
+        self._event(kind, truth, target, info, reason=reason, differences=differences, **fields)
 
     def _mismatch(self, kind: str, truth, target, info, **fields: object) -> dict:
         one_sided = kind == "error_divergence" and (truth.error is None or target.error is None)

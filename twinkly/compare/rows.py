@@ -52,6 +52,7 @@ class RowDifference:
     truth: tuple | None  # the row as text (str or None per field; bytes as \x hex)
     target: tuple | None
     columns: tuple[str, ...] = ()  # names of the differing columns, for kind "value"
+    positions: tuple[int, ...] = ()  # ... and their 0-based positions in the rows
 
 
 @dataclass(frozen=True)
@@ -77,11 +78,18 @@ def _columns(columns: Columns) -> tuple[Column, ...]:
 class _Side:
     """One backend's rows, decoded and normalised lazily: only the rows that need it."""
 
-    def __init__(self, columns: tuple[Column, ...], rows: list[bytes], rules: NormalizationRules):
+    def __init__(
+        self,
+        columns: tuple[Column, ...],
+        rows: list[bytes],
+        rules: NormalizationRules,
+        ignored: frozenset[int] = frozenset(),
+    ):
         self.columns = columns
         self.rows = rows
         self.rules = rules
-        self.floats = float_columns(columns, rules)
+        self.ignored = ignored
+        self.floats = tuple(k for k in float_columns(columns, rules) if k not in ignored)
         self._normalize = row_normalizer(columns, rules)
         # One scalar float per row: the two grids of _match always catch a near pair.
         self.single_float = len(self.floats) <= 1 and all(
@@ -108,6 +116,8 @@ class _Side:
         if norm is None:
             values = self.values(i)
             norm = (Unparsed(values[0]),) if i in self._malformed else self._normalize(values)
+            if self.ignored and i not in self._malformed:
+                norm = _ignoring(norm, self.ignored)
             self._norm[i] = norm
         return norm
 
@@ -142,6 +152,30 @@ class _Side:
 
     def name(self, k: int) -> str:
         return self.columns[k].name if k < len(self.columns) else f"#{k + 1}"
+
+
+class _Generated:
+    """An ignored column's value: equal to any other non-NULL one (NULL stays NULL)."""
+
+    __slots__ = ()
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Generated)
+
+    def __hash__(self) -> int:
+        return 0x6E6E
+
+    def __repr__(self) -> str:
+        return "<generated>"
+
+
+GENERATED = _Generated()
+
+
+def _ignoring(norm: tuple, ignored: frozenset[int]) -> tuple:
+    return tuple(
+        (None if x is None else GENERATED) if k in ignored else x for k, x in enumerate(norm)
+    )
 
 
 def _show(value: bytes | None, fmt: int) -> str | None:
@@ -359,8 +393,12 @@ def compare_rows(
     ordering: Ordering = UNORDERED,
     rules: NormalizationRules = DEFAULT_RULES,
     max_differences: int = 20,
+    ignored: frozenset[int] = frozenset(),
 ) -> Comparison:
-    """Compare two results given as raw DataRow payloads (the caller bounds their size)."""
+    """Compare two results given as raw DataRow payloads (the caller bounds their size).
+
+    ``ignored``: output columns whose values each server generated for itself; any two
+    non-NULL values of theirs are equal, so rows are matched on the other columns."""
     if rows_truth == rows_target:
         return EQUAL
     if (
@@ -369,8 +407,8 @@ def compare_rows(
         and Counter(rows_truth) == Counter(rows_target)
     ):
         return EQUAL
-    a = _Side(_columns(columns_truth), rows_truth, rules)
-    b = _Side(_columns(columns_target), rows_target, rules)
+    a = _Side(_columns(columns_truth), rows_truth, rules, ignored)
+    b = _Side(_columns(columns_target), rows_target, rules, ignored)
     match_b, left_a, left_b = _match(a, b)
     sort_columns = ordering.order_columns
     if sort_columns is not None and not all(0 <= c < len(a.columns) for c in sort_columns):
@@ -404,13 +442,15 @@ def compare_rows(
         if ordering.ordered:
             position = i if kind in (VALUE, MISSING) else j
         columns: tuple[str, ...] = ()
+        positions: tuple[int, ...] = ()
         if kind == VALUE:
             assert i is not None and j is not None  # a value difference pairs two rows
             na, nb = a.norm(i), b.norm(j)
             width = max(len(na), len(nb))
-            columns = tuple(
-                a.name(k) for k in range(width) if k >= len(na) or k >= len(nb) or na[k] != nb[k]
+            positions = tuple(
+                k for k in range(width) if k >= len(na) or k >= len(nb) or na[k] != nb[k]
             )
+            columns = tuple(a.name(k) for k in positions)
         differences.append(
             RowDifference(
                 kind,
@@ -418,6 +458,7 @@ def compare_rows(
                 None if i is None else a.render(i),
                 None if j is None else b.render(j),
                 columns,
+                positions,
             )
         )
     return Comparison(False, reason, tuple(differences), len(issues))

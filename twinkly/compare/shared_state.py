@@ -9,6 +9,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from twinkly.compare.values import NormalizationRules
 from twinkly.perf.latency import LatencyBook, SlowQuerySettings
@@ -16,6 +17,9 @@ from twinkly.perf.slow import SlowQueryReporter
 from twinkly.report.events import MISMATCH_KINDS, make_event
 from twinkly.report.sink import IEventSink
 from twinkly.sql.analysis import StatementCache
+
+if TYPE_CHECKING:
+    from twinkly.compare.volatile import VolatileColumns
 
 # Every compared statement ends in exactly one of these, so metrics never lie:
 # an ignored mismatch is not a match, and dropped work is counted.
@@ -67,6 +71,7 @@ class Monitor:
         cache: StatementCache | None = None,
         clock: Callable[[], float] = time.time,
         slow: SlowQueryReporter | None = None,
+        volatile: VolatileColumns | None = None,
     ) -> None:
         self.settings = settings
         self.sink = sink
@@ -79,6 +84,9 @@ class Monitor:
         # Writes slow_query events: with an Explainer and insight providers in the
         # service (app.wiring), without plans otherwise.
         self.slow = slow or SlowQueryReporter(self.emit, clock, None)
+        # Columns each server generated itself (twinkly.compare.volatile): with a catalog
+        # reader in the service unless comparison.volatile-columns = off; none otherwise.
+        self.volatile = volatile
         self.muted: set[str] = set()  # fingerprints whose events are not written
         self.recent: deque[dict] = deque(maxlen=RECENT_EVENTS)  # for the status pages
         # Per fingerprint: mismatch events, and the statement (for the status pages).

@@ -135,6 +135,10 @@ class ComparisonConfig:
     slow_query_interval: float = 60.0  # seconds between slow_query events of a fingerprint
     explain: ExplainConfig = field(default_factory=ExplainConfig)
     ai: AIConfig = field(default_factory=AIConfig)
+    # Columns whose values each server generates itself: learnt ("auto") or not ("off"),
+    # plus these "table.column" / "schema.table.column" names, always.
+    volatile_columns: str = "auto"
+    volatile_column_list: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -428,10 +432,27 @@ def _comparison(section: Section) -> ComparisonConfig:
         slow_query_interval=section.seconds("slow-query-interval", 60.0),
         explain=_explain(section.section("explain")),
         ai=_ai(section.section("ai")),
+        volatile_columns=section.string("volatile-columns", "auto", ("auto", "off")),
+        volatile_column_list=_column_names(section, "volatile-column-list"),
     )
     normalize.finish()
     section.finish()
     return config
+
+
+_COLUMN_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_$]*(\.[A-Za-z_][A-Za-z0-9_$]*){1,2}")
+
+
+def _column_names(section: Section, key: str) -> tuple[str, ...]:
+    """``table.column`` or ``schema.table.column`` names (unquoted identifiers)."""
+    names = section.strings(key)
+    for index, name in enumerate(names):
+        if not _COLUMN_NAME.fullmatch(name):
+            raise ConfigError(
+                f"{section._key(key)}[{index}]: expected table.column or"
+                f" schema.table.column, got {name!r}"
+            )
+    return names
 
 
 def _explain(section: Section) -> ExplainConfig:

@@ -42,6 +42,7 @@ _RESTART = (
     "comparison.source-of-truth",
     "comparison.ai.",
     "comparison.explain.max-concurrent",
+    "comparison.volatile-column",
 )
 _NEW_SESSIONS = (
     "proxy.flow.",

@@ -57,4 +57,5 @@ def difference(difference: object) -> dict:
         "truth": difference.truth,  # type: ignore[attr-defined]
         "target": difference.target,  # type: ignore[attr-defined]
         "columns": list(difference.columns),  # type: ignore[attr-defined]
+        "positions": list(getattr(difference, "positions", ())),
     }

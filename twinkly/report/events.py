@@ -31,9 +31,10 @@ KINDS = (
     "slow_query",  # the target was slower by the configured ratio and margin
     "fingerprint_regression",  # a fingerprint's median got slower on the target
     "insight",  # an explanation that came later (an LLM's), linked by "event"
+    "volatile_write",  # columns given values each server computed itself (later noise)
 )
 # Kinds that are expected and not a problem with the target: shown after everything else.
-BENIGN_KINDS = frozenset({"nondeterministic", "noise"})
+BENIGN_KINDS = frozenset({"nondeterministic", "noise", "volatile_write"})
 # Kinds that say the two databases answered differently.
 MISMATCH_KINDS = frozenset(
     (

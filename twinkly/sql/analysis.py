@@ -47,6 +47,13 @@ SERVER_IDENTITY_FUNCTIONS = _words(
     " pg_current_xact_id_if_assigned txid_current_snapshot pg_current_snapshot"
     " pg_current_wal_lsn pg_current_wal_insert_lsn pg_is_in_recovery pg_my_temp_schema"
 )
+# Settings whose value names the server, not the data: SHOW x and current_setting('x').
+SERVER_IDENTITY_SETTINGS = _words(
+    "server_version server_version_num data_directory config_file hba_file ident_file port"
+    " listen_addresses cluster_name unix_socket_directories external_pid_file"
+    " shared_preload_libraries data_directory_mode log_directory krb_server_keyfile"
+    " ssl_cert_file ssl_key_file ssl_ca_file ssl_crl_file"
+)
 SYSTEM_COLUMNS = frozenset(("xmin", "xmax", "ctid", "cmin", "cmax", "tableoid"))
 # Built-ins (unqualified or pg_catalog.) known to have no side effects. Short on purpose: a
 # call of anything else, user functions included, makes a SELECT not provably read-only.
@@ -331,6 +338,7 @@ def _describe(stmt: Tree, walk: _Notes, text: str | bytes, base: int) -> Stateme
             writes, read_only = set(), True
     elif node_type == "VariableShowStmt":
         read_only = True
+        identity |= _shown_identity(node)
     elif node_type == "TransactionStmt":
         transaction = node.get("kind", "").removeprefix("TRANS_STMT_").lower()
         transaction = "begin" if transaction == "start" else transaction
@@ -363,6 +371,12 @@ def _describe(stmt: Tree, walk: _Notes, text: str | bytes, base: int) -> Stateme
         sets=tuple(dict.fromkeys(sets)),
         **(_ordering(query) if query is not None else {}),
     )
+
+
+def _shown_identity(show: Tree) -> set[str]:
+    """SHOW of a setting that names the server (port, server_version...)."""
+    name = show.get("name", "").lower()
+    return {name} if name in SERVER_IDENTITY_SETTINGS else set()
 
 
 def _read_only(walk: _Notes, volatile: set[str]) -> bool:

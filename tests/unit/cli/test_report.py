@@ -274,3 +274,47 @@ class SlowQueryReportTests(SynchronousTestCase):
         entry.main(["report", str(path), "--json"], stdout=summary, stderr=io.StringIO())
         (group,) = json.loads(summary.getvalue())["groups"]
         self.assertEqual(group["problems"], 1)  # the insight explains, it is no problem
+
+
+class DifferingValuesTests(SynchronousTestCase):
+    """Rows are cut at a cell's width; each differing column's values are shown whole."""
+
+    TRUTH = ["7", "n7", "2026-12-07 10:11:12.123456+00", "a" * 60]
+    TARGET = ["7", "n7", "2026-12-07 10:11:12.123789+00", "a" * 60]
+
+    def test_the_values_of_the_differing_columns_in_full(self) -> None:
+        difference = {"kind": "value", "position": 3, "truth": self.TRUTH,
+                      "target": self.TARGET, "columns": ["ts"], "positions": [2]}  # fmt: skip
+        lines = cli._side_by_side([difference])
+        self.assertEqual(len(lines), 2)
+        self.assertIn("...", lines[0])  # the rows themselves are cut
+        self.assertEqual(
+            lines[1].strip(),
+            '* ts: "2026-12-07 10:11:12.123456+00" | "2026-12-07 10:11:12.123789+00"',
+        )
+        self.assertNotIn("positions", lines[0])
+
+    def test_events_without_positions_and_bounded_values(self) -> None:
+        truth, target = [*self.TRUTH[:3], "x" * 5000], [*self.TARGET[:3], "y" * 5000]
+        difference = {"kind": "value", "truth": truth, "target": target, "columns": ["ts", "v"]}
+        lines = cli._side_by_side([difference])
+        self.assertTrue(lines[1].strip().startswith('* ts: "2026-12-07 10:11:12.123456+00" |'))
+        self.assertTrue(lines[2].strip().startswith('* v: "xxx'))
+        self.assertLess(len(lines[2]), 2 * cli.TEXT_VALUE + 20)
+        difference = {"kind": "value", "truth": truth, "target": target, "columns": ["v"]}
+        self.assertIn("* #3:", cli._side_by_side([difference])[1])
+
+    def test_missing_rows_have_no_values_lines(self) -> None:
+        difference = {"kind": "missing_on_target", "truth": self.TRUTH, "target": None,
+                      "columns": []}  # fmt: skip
+        self.assertEqual(len(cli._side_by_side([difference])), 1)
+
+    def test_in_the_text_report(self) -> None:
+        event = ev("result_mismatch", 1, "fz", differences=[
+            {"kind": "value", "position": 0, "truth": self.TRUTH, "target": self.TARGET,
+             "columns": ["ts"], "positions": [2]}])  # fmt: skip
+        path = Path(self.mktemp())
+        path.write_bytes(encode_event(event))
+        out = io.StringIO()
+        self.assertEqual(cli.main([str(path)], stdout=out), 0)
+        self.assertIn('* ts: "2026-12-07 10:11:12.123456+00" | "2026-12-07', out.getvalue())

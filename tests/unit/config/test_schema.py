@@ -275,6 +275,24 @@ class BadValueTests(ConfigTestCase):
         )
         self.assertTrue(config.monitoring.log_errors)
 
+    def test_volatile_columns(self) -> None:
+        self.assertEqual(loads("").comparison.volatile_columns, "auto")
+        config = loads(
+            'comparison { volatile-columns = off, volatile-column-list = ["t.ts", "s.t.c_1"] }'
+        )
+        self.assertEqual(config.comparison.volatile_columns, "off")
+        self.assertEqual(config.comparison.volatile_column_list, ("t.ts", "s.t.c_1"))
+        message = self.assertConfigError(
+            "comparison.volatile-columns = sometimes", "comparison.volatile-columns"
+        )
+        self.assertIn("auto, off", message)
+        key = "comparison.volatile-column-list"
+        for bad in ('["t.ts", "ts"]', '["t.ts", "a.b.c.d"]', '["t.ts", "t.x y"]', "[t.ts, 1]"):
+            self.assertConfigError(f"{key} = {bad}", key + "[1]")
+        message = self.assertConfigError(f'{key} = ["ts"]', key + "[0]")
+        self.assertIn("expected table.column or schema.table.column, got 'ts'", message)
+        self.assertConfigError(f'{key} = "t.ts"', key)
+
     def test_port_messages_say_what_is_wrong(self) -> None:
         message = self.assertConfigError('proxy.postgresql.port = "abc"', "proxy.postgresql.port")
         self.assertIn("'abc'", message)

@@ -117,6 +117,10 @@ class FunctionTests(SynchronousTestCase):
         ("select * from t where a = (select now())", ("now",), (), False),
         ("select 'now'", (), (), True),
         ("select current_user", (), (), True),
+        ("show server_version", (), ("server_version",), True),
+        ("SHOW data_directory", (), ("data_directory",), True),
+        ("show port", (), ("port",), True),
+        ("show work_mem", (), (), True),
     ]
 
     def test_functions(self) -> None:
