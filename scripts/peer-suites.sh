@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The drivers' own test suites, directly against the source of truth and through Twinkly.
-# Not part of CI. Usage: scripts/peer-suites.sh [pg8000] [asyncpg] [psycopg] [--trace] ...
+# Not part of CI. Usage: scripts/peer-suites.sh [pg8000] [asyncpg] [psycopg] [node-pg] [--trace] ...
 #
 #   PSYCOPG_SRC=DIR        a psycopg source checkout at the tested version (its sdist has no tests)
+#   NODE_PG_SRC=DIR        a node-postgres checkout at tag pg@8.23.0 (the npm package has no tests)
 #   PEER_WORK=DIR          downloads, venvs, reports (default /var/tmp/twinkly-peers)
 #   PEER_TIMEOUT=SECONDS   bound on each suite run (default 1800)
 #   PEER_TRUTH=HOST:PORT PEER_TARGET=HOST:PORT [PEER_USER PEER_PASSWORD]

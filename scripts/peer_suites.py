@@ -37,7 +37,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 PASSWORD = "twinkly-pw"  # the sandbox's twinkly role; the script gives postgres the same
-VERSIONS = {"psycopg": "3.3.4", "asyncpg": "0.31.0", "pg8000": "1.31.4", "node-pg": "8.16.3"}
+VERSIONS = {"psycopg": "3.3.4", "asyncpg": "0.31.0", "pg8000": "1.31.4", "node-pg": "8.23.0"}
 
 
 def log(msg: str) -> None:
@@ -141,8 +141,8 @@ class Suite:
             "-m",
             "pytest",
             "-q",
-            "-p",
-            "no:cacheprovider",
+            "-o",
+            f"cache_dir={self.work / 'pytest-cache' / self.name}",  # psycopg's conftest uses it
             "-o",
             "junit_family=xunit1",
             f"--junitxml={junit}",
@@ -219,8 +219,16 @@ class Psycopg(Suite):
                 f" psycopg {self.version} (e.g. git archive {self.version} | tar -x -C DIR)"
             )
         self.tests = Path(src)
+        # The pool from the same checkout (psycopg_pool is versioned on its own).
         self._venv(
-            [f"psycopg[binary]=={self.version}", "pytest", "pytest-timeout", "anyio", "pproxy"]
+            [
+                f"psycopg[binary]=={self.version}",
+                str(self.tests / "psycopg_pool"),
+                "pytest",
+                "pytest-timeout",
+                "anyio",
+                "pproxy",
+            ]
         )
 
     def args(self, junit: Path) -> list[str]:
@@ -234,7 +242,105 @@ class Psycopg(Suite):
         return {"PSYCOPG_TEST_DSN": dsn}
 
 
-SUITES: dict[str, type[Suite]] = {"pg8000": Pg8000, "asyncpg": Asyncpg, "psycopg": Psycopg}
+class NodePg(Suite):
+    """node-postgres: each test file is its own node process that stops at its first
+    failure; this script runs them one by one and writes a JUnit report itself."""
+
+    # The packages the pg workspace links, at the versions of the checkout's tag.
+    NPM = [
+        "pg-connection-string@2.14.0",
+        "pg-pool@3.14.0",
+        "pg-protocol@1.16.0",
+        "pg-types@2.2.0",
+        "pgpass@1.0.5",
+        "async@2.6.4",
+        "bluebird@3.7.2",
+        "co@4.6.0",
+        "pg-copy-streams@0.3.0",
+    ]
+
+    def prepare(self) -> None:
+        src = os.environ.get("NODE_PG_SRC")
+        pg = Path(src or "") / "packages" / "pg"
+        if not src or not (pg / "test" / "integration").is_dir():
+            raise SystemExit(
+                "node-pg: the npm package has no tests; set NODE_PG_SRC to a checkout of"
+                f" node-postgres at tag pg@{self.version}"
+            )
+        self.tests = self.work / "run-node-pg"
+        if not (self.tests / "node_modules").is_dir():
+            shutil.rmtree(self.tests, ignore_errors=True)
+            self.tests.mkdir()
+            for part in ("lib", "test"):
+                shutil.copytree(pg / part, self.tests / part)
+            # Not the package's own package.json: its devDependencies are a toolchain.
+            (self.tests / "package.json").write_text(
+                json.dumps({"name": "pg-tests", "version": self.version})
+            )
+            run(
+                [
+                    "npm",
+                    "install",
+                    "--no-save",
+                    "--no-package-lock",
+                    "--legacy-peer-deps",
+                    "--no-audit",
+                    "--no-fund",
+                    *self.NPM,
+                ],
+                cwd=self.tests,
+            )
+
+    def args(self, junit: Path) -> list[str]:
+        return [sys.executable, str(Path(__file__).resolve()), "--node-runner", str(junit)]
+
+    def environment(self, endpoint: Endpoint) -> dict[str, str]:
+        return {
+            "PGHOST": endpoint.host,
+            "PGPORT": str(endpoint.port),
+            "PGUSER": endpoint.user,
+            "PGPASSWORD": endpoint.password,
+            "PGDATABASE": "postgres",
+        }
+
+
+def node_runner(junit: Path) -> int:
+    """Run every test/integration/**/*-tests.js (cwd: a NodePg run dir) into ``junit``."""
+    suite = ET.Element("testsuite")
+    files = sorted(Path("test/integration").rglob("*-tests.js"))
+    for path in files:
+        name = str(path)
+        try:
+            proc = subprocess.run(["node", name], capture_output=True, timeout=120)
+            out, code = proc.stdout.decode("utf-8", "replace"), proc.returncode
+        except subprocess.TimeoutExpired as e:
+            out, code = (e.stdout or b"").decode("utf-8", "replace") + "\n[timed out]", -9
+        failed_test = None
+        for line in out.splitlines():
+            text = line.strip()
+            if text.endswith("✔"):
+                ET.SubElement(suite, "testcase", classname=name, name=text[:-1].strip())
+            elif text.endswith("? - SKIPPED"):
+                case = ET.SubElement(suite, "testcase", classname=name, name=text[:-11].strip())
+                ET.SubElement(case, "skipped")
+            elif text.endswith("FAILED!"):
+                failed_test = text[:-7].strip()
+        if code != 0:
+            case = ET.SubElement(suite, "testcase", classname=name, name=failed_test or "(file)")
+            ET.SubElement(case, "failure", message=f"exit {code}").text = out[-4000:]
+        print(f"{name}: exit {code}", flush=True)
+        if code != 0:
+            print(out[-2000:], flush=True)
+    ET.ElementTree(suite).write(junit, encoding="utf-8")
+    return 0
+
+
+SUITES: dict[str, type[Suite]] = {
+    "pg8000": Pg8000,
+    "asyncpg": Asyncpg,
+    "psycopg": Psycopg,
+    "node-pg": NodePg,
+}
 
 
 # --- results ---------------------------------------------------------------------------
@@ -409,14 +515,19 @@ def parse_endpoint(text: str | None) -> Endpoint | None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--node-runner"]:
+        return node_runner(Path(argv[1]))
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
         "suites",
         nargs="*",
-        default=["pg8000", "asyncpg", "psycopg"],
-        help=f"which suites (default: all of {', '.join(SUITES)})",
+        default=["pg8000", "asyncpg"]
+        + (["psycopg"] if os.environ.get("PSYCOPG_SRC") else [])
+        + (["node-pg"] if os.environ.get("NODE_PG_SRC") else []),
+        help=f"of {', '.join(SUITES)} (default: those whose tests are at hand)",
     )
     parser.add_argument(
         "--work",
