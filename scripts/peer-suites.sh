@@ -9,6 +9,7 @@
 #   PEER_TRUTH=HOST:PORT PEER_TARGET=HOST:PORT [PEER_USER PEER_PASSWORD]
 #                          use running servers instead of fresh sandbox servers (the suites
 #                          then run twice on the same databases)
+#   PEER_TWINKLY_CONF=FILE HOCON appended to the default configuration of Twinkly
 #   TWINKLY_PG15_PORT, TWINKLY_PG18_PORT, TWINKLY_PORT   ports of the sandbox and of Twinkly
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -417,6 +417,9 @@ def twinkly_config(port: int, truth: Endpoint, target: Endpoint, workdir: Path, 
         f"  yugabytedb = {backend('target', target)} }}",
         f'reporting.events-file = "{workdir / "events.jsonl"}"',
     ]
+    extra = os.environ.get("PEER_TWINKLY_CONF")
+    if extra:  # e.g. proxy.tls { cert-file, key-file } for the drivers' TLS tests
+        lines.append(Path(extra).read_text())
     if trace:
         trace_file = workdir / "protocol.log"
         lines.append(
