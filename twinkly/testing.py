@@ -3,6 +3,8 @@ StringTransport, a transport with TCP's extra methods, and frame decoders."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from twisted.internet import defer
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 
@@ -61,11 +63,13 @@ def ready_backend(config, label_status: str = "I") -> BackendProtocol:
 class ClientHarness:
     """A ProxyFactory whose backends are BackendProtocols on StringTransports."""
 
-    def __init__(self, config_text: str = CONFIG) -> None:
+    def __init__(self, config_text: str = CONFIG, **factory_options: Any) -> None:
         self.config = loads(config_text)
         self.reactor = MemoryReactorClock()
         self.observer = PairCounter()
-        self.factory = ProxyFactory(self.config, self.reactor, lambda: self.observer)
+        self.factory = ProxyFactory(
+            self.config, self.reactor, lambda: self.observer, **factory_options
+        )
         self.opening: defer.Deferred = defer.Deferred()
         self.requested: list[dict[str, str]] = []
 

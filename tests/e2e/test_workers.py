@@ -19,11 +19,27 @@ from pgwire import free_port
 from prometheus_client.parser import text_string_to_metric_families
 from proxyproc import CLEAN_EXIT
 
-from twinkly.proxy.keys import CancelKeys
-
 
 def workers_of(proxy) -> list[psutil.Process]:
     return [p for p in psutil.Process(proxy.pid).children() if p.is_running()]
+
+
+def worker_serving(proxy, truth_pid: int) -> int:
+    """Which worker process holds the connection to the truth's backend ``truth_pid``."""
+    for index, worker in enumerate(workers_of(proxy)):
+        for connection in worker.net_connections(kind="tcp"):
+            to_truth = connection.raddr and connection.raddr.port == proxy.truth.port
+            if to_truth and backend_pid_of(proxy, connection.laddr.port) == truth_pid:
+                return index
+    return -1
+
+
+def backend_pid_of(proxy, client_port: int) -> int | None:
+    with psycopg.connect(proxy.truth_dsn, autocommit=True) as conn:
+        row = conn.execute(
+            "select pid from pg_stat_activity where client_port = %s", (client_port,)
+        ).fetchone()
+    return row[0] if row else None
 
 
 def wait_for(check, timeout: float = 20.0, what: str = "condition"):
@@ -79,7 +95,9 @@ def test_cancel_reaches_the_owning_worker_every_time(cluster) -> None:
     for attempt in range(50):
         application = f"twinkly-workers-cancel-{attempt}"
         with psycopg.connect(cluster.dsn(application_name=application), autocommit=True) as conn:
-            owners.add(CancelKeys.owner(conn.info.backend_pid))
+            # The client is told the truth's own process id (see test_backend_pid).
+            assert conn.execute("select pg_backend_pid()").fetchone()[0] == conn.info.backend_pid
+            owners.add(worker_serving(cluster, conn.info.backend_pid))
             timer = threading.Timer(0.2, conn.cancel)
             timer.start()
             started = time.monotonic()

@@ -30,7 +30,6 @@ from zope.interface import implementer
 
 from twinkly.ops.http import encode_json
 from twinkly.ops.status import IStatus
-from twinkly.proxy.keys import CancelKeys
 
 log = Logger()
 
@@ -395,13 +394,15 @@ class ClusterStatus:
         return list(answer) if answer is not None else ["sent to every worker"]
 
     def trace(self, session_id: int, on: bool) -> str:
-        owner = CancelKeys.owner(session_id)
-        if self.local is not None and owner not in self.peers.workers.others:
+        if self.local is not None and any(s["id"] == session_id for s in self.local.sessions()):
             return self.local.trace(session_id, on)
-        if owner not in self.peers.workers.others:
-            raise KeyError(f"no session {session_id}")
-        self.peers.workers.request(owner, b"POST", f"/trace?session={session_id}&on={int(on)}")
-        return f"asked worker {owner} to {'trace' if on else 'stop tracing'} session {session_id}"
+        for worker, state in self.peers.states.items():
+            if any(s["id"] == session_id for s in state["sessions"]):
+                path = f"/trace?session={session_id}&on={int(on)}"
+                self.peers.workers.request(worker, b"POST", path)
+                verb = "trace" if on else "stop tracing"
+                return f"asked worker {worker} to {verb} session {session_id}"
+        raise KeyError(f"no session {session_id}")
 
     def ready(self) -> defer.Deferred:
         if self.local is not None:

@@ -126,7 +126,10 @@ class ProxyFactory(Factory):
     ) -> tuple[Session, BackendKeyData]:
         """The session of a client whose backends are ready, registered under Twinkly's
         own cancel key (which the client gets in BackendKeyData)."""
-        process_id, secret = self.keys.allocate(self.sessions)
+        truth_key = truth.key
+        process_id, secret = self.keys.allocate(
+            truth_key.process_id if truth_key is not None else None, self.sessions
+        )
         comparison = self.comparison
         session = Session(
             transport,
@@ -162,7 +165,7 @@ class ProxyFactory(Factory):
             self.closed_totals.update(session_counters(session))
 
     def cancel(self, process_id: int, secret: bytes) -> None:
-        owner = self.keys.owner(process_id)
+        owner = self.keys.owner(secret)
         if owner != self.keys.worker and self._forward_cancel is not None:
             self._forward_cancel(owner, process_id, secret)
             return

@@ -3,6 +3,7 @@ StringTransports and a MemoryReactorClock. No reactor runs."""
 
 from __future__ import annotations
 
+from twisted.internet import defer
 from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
@@ -88,7 +89,10 @@ class ClientProtocolTests(SynchronousTestCase):
         sent = frames(h.transport.value())
         self.assertEqual(sent[0], b.ParameterStatus("server_version", "15.0"))
         self.assertIsInstance(sent[1], b.BackendKeyData)
-        self.assertNotEqual(sent[1].process_id, 77, "the client gets Twinkly's own key")
+        # The truth's process id (what pg_backend_pid() and notifications show) with
+        # Twinkly's own secret: a cancel must come through Twinkly to reach both.
+        self.assertEqual(sent[1].process_id, 77)
+        self.assertNotEqual(sent[1].secret_key, b"\x01\x02\x03\x04")
         self.assertEqual(sent[2], b.ReadyForQuery("I"))
         self.assertEqual(h.transport.producerState, "producing")
         self.assertIn(sent[1].process_id, h.factory.sessions)
@@ -163,6 +167,26 @@ class ClientProtocolTests(SynchronousTestCase):
         forwarded = startup_parameters(h.config.truth, h.requested[0])
         self.assertNotIn("_pq_.x", forwarded)
         self.assertEqual((forwarded["user"], forwarded["database"]), ("u", "d"))
+
+    def test_process_id_taken_falls_back_to_a_key_of_twinklys(self) -> None:
+        """Two sessions cannot share a process id (a truth that reports one already in
+        use, or none at all): the second gets a random one."""
+        h = ClientHarness()
+        h.startup()
+        h.transport.clear()
+        h.connect_backends()
+        first = frames(h.transport.value())[1]
+        h.opening = defer.Deferred()
+        h.client = h.factory.buildProtocol(None)
+        h.transport = TCPStringTransport()
+        h.client.makeConnection(h.transport)
+        h.startup()
+        h.transport.clear()
+        h.connect_backends()
+        second = frames(h.transport.value())[1]
+        self.assertEqual(first.process_id, 77)
+        self.assertNotEqual(second.process_id, 77)
+        self.assertEqual(set(h.factory.sessions), {first.process_id, second.process_id})
 
     def test_cancel_request_reaches_the_session(self) -> None:
         h = ClientHarness()
