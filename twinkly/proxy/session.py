@@ -478,12 +478,17 @@ class Session:
                 backend=backend.config.describe(),
                 reason=reason.getErrorMessage(),
             )
-            error = ErrorResponse.make(
-                "FATAL",
-                "08006",
-                f"Twinkly lost the connection to the source of truth {backend.config.describe()}",
-            )
-            self.client.write(encode(error))
+            if not (self.truth_tracker.fatal and self.enforcer is None):
+                # A server that ends a session says why once, in its FATAL error, then
+                # closes; when the client already has the truth's, a second error would
+                # be taken as the answer to its next query.
+                error = ErrorResponse.make(
+                    "FATAL",
+                    "08006",
+                    "Twinkly lost the connection to the source of truth"
+                    f" {backend.config.describe()}",
+                )
+                self.client.write(encode(error))
             self.close()
         else:
             log.warn(

@@ -88,6 +88,13 @@ CLIENT_EXPECTATIONS = {
 }
 
 
+def _is_fatal(payload: bytes) -> bool:
+    """An ErrorResponse whose severity ends the session (PostgreSQL sends S first)."""
+    if payload[:1] == b"S":
+        return payload.startswith((b"SFATAL\0", b"SPANIC\0"))
+    return error_fields(payload).get("S") in ("FATAL", "PANIC")
+
+
 class StatementResult:
     """Everything one backend answered to one request: the unit that gets compared.
 
@@ -205,6 +212,8 @@ class ResponseTracker:
         self.status = "I"
         self.copy_in = False
         self.lost_track: str | None = None  # why results can no longer be trusted
+        # The backend sent a FATAL (or PANIC) error: it says why it is about to close.
+        self.fatal = False
         self.parameters: dict[bytes, bytes] = {}
         self.on_copy_in = on_copy_in  # told when the backend enters COPY FROM STDIN
         # Rows kept per result for a value-level comparison; past it, digest only.
@@ -400,6 +409,8 @@ class ResponseTracker:
         if type_byte == _READY:
             self._ready(payload)
             return
+        if type_byte == _ERROR and _is_fatal(payload):
+            self.fatal = True
         result = self._start()
         if result is None:
             if type_byte == _ERROR:

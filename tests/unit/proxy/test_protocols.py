@@ -206,6 +206,35 @@ class ClientProtocolTests(SynchronousTestCase):
         other.dataReceived(f.CancelRequest(key.process_id, key.secret_key).encode())
         self.assertEqual(cancelled, [h.reactor])
 
+    def test_truth_closing_after_its_fatal_error_adds_no_error_of_twinklys(self) -> None:
+        """pg_terminate_backend(): the server sends FATAL 57P01 and closes; the client
+        gets that one error, as from the server itself (a second one would be taken as
+        the answer to its next query: node-postgres' connection-pool/error-tests.js)."""
+        h = ClientHarness()
+        h.startup()
+        truth, _ = h.connect_backends()
+        h.client.dataReceived(f.encode(f.Query("select pg_terminate_backend(pg_backend_pid())")))
+        h.transport.clear()
+        fatal = f.encode(
+            b.ErrorResponse.make(
+                "FATAL", "57P01", "terminating connection due to administrator command"
+            )
+        )
+        truth.dataReceived(fatal)
+        truth.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(h.transport.value(), fatal)
+        self.assertTrue(h.transport.disconnecting)
+
+    def test_truth_closing_unannounced_gets_an_error_of_twinklys(self) -> None:
+        h = ClientHarness()
+        h.startup()
+        truth, _ = h.connect_backends()
+        h.transport.clear()
+        truth.connectionLost(Failure(ConnectionDone()))
+        (error,) = frames(h.transport.value())
+        self.assertEqual((error.fields["S"], error.sqlstate), ("FATAL", "08006"))
+        self.assertTrue(h.transport.disconnecting)
+
     def test_client_disconnect_closes_both_backends(self) -> None:
         h = ClientHarness()
         h.startup()
