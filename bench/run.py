@@ -43,15 +43,15 @@ PGBENCH, PSQL = str(PG15_BINDIR / "pgbench"), str(PG15_BINDIR / "psql")
 BIG_SELECT = "select g, repeat('x', 50) from generate_series(1, 1000000) g"
 # "both": two pgbench at once, one per server, direct: what running every statement on both
 # servers costs this machine with a free proxy (the ceiling for Twinkly). "twinkly" runs the C
-# accelerator, "pure" the same Twinkly with TWINKLY_PURE_PYTHON=1; both compare, time and write
-# events as configured by default.
-TARGETS = ("direct", "both", "pgbouncer", "twinkly", "pure")
+# accelerator, "pure" the same Twinkly with TWINKLY_PURE_PYTHON=1, "workers2" the C one with
+# proxy.workers = 2; all compare, time and write events as configured by default.
+TARGETS = ("direct", "both", "pgbouncer", "twinkly", "pure", "workers2")
 MODES = {
     "simple": TARGETS,
     "prepared": TARGETS,
-    "extended": ("direct", "both", "twinkly", "pure"),
+    "extended": ("direct", "both", "twinkly", "pure", "workers2"),
 }
-TWINKLIES = ("twinkly", "pure")
+TWINKLIES = ("twinkly", "pure", "workers2")
 GOALS = {
     "simple_tps_ratio_min": 0.30,
     "select_1m_ratio_max": 1.3,
@@ -139,10 +139,17 @@ class Twinkly:
         return psutil.Process(self.proc.pid).memory_info().rss / MB
 
     def cpu_seconds(self) -> float:
-        """User + system CPU of the twistd process and its children (from /proc)."""
+        """User + system CPU of the twistd process and its children, running (the
+        workers) or ended (from /proc)."""
         assert self.proc is not None
-        t = psutil.Process(self.proc.pid).cpu_times()
-        return t.user + t.system + t.children_user + t.children_system
+        process = psutil.Process(self.proc.pid)
+        t = process.cpu_times()
+        total = t.user + t.system + t.children_user + t.children_system
+        for child in process.children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                c = child.cpu_times()
+                total += c.user + c.system
+        return total
 
     def accelerator(self) -> str:
         """What the start-up log says runs: "C" or "pure-Python"."""
@@ -257,7 +264,9 @@ def measure(
                 result = one_run(args, ports, twinklies.get(target), target, mode)
                 per_target[target].append(result)
     pgbench = summarise(runs)
-    big, rss = big_select(args, ports, twinklies)
+    # The 1M-row SELECT and its RSS are one process's: the single-worker Twinklies.
+    single = {name: t for name, t in twinklies.items() if name != "workers2"}
+    big, rss = big_select(args, ports, single)
     accelerators = {name: t.accelerator() for name, t in twinklies.items()}
     main = twinklies["twinkly"]
     profile = run_profile(args, main.port, main) if args.profile else None
@@ -500,7 +509,13 @@ def main(argv: list[str] | None = None) -> int:
         cleanups.append(("pure", pure.stop))
         pure.start()
         log(f"Twinkly, pure Python (pid {pure.proc.pid if pure.proc else '?'}) on port {pure.port}")
-        twinklies = {"twinkly": twinkly, "pure": pure}
+        # Two worker processes behind the same address (proxy.workers = 2).
+        workers2 = Twinkly(workdir / "workers2", pg15, pg18, "proxy.workers = 2\n")
+        cleanups.append(("workers2", workers2.stop))
+        workers2.start()
+        time.sleep(2.0)  # the second worker may still be starting when the first listens
+        log(f"Twinkly with 2 workers on port {workers2.port}")
+        twinklies = {"twinkly": twinkly, "pure": pure, "workers2": workers2}
         if args.untimed:  # the same, comparing but not timing: what timing costs
             untimed = Twinkly(
                 workdir / "untimed", pg15, pg18, "comparison.report-slow-queries = false\n"
@@ -521,6 +536,7 @@ def main(argv: list[str] | None = None) -> int:
             "pgbouncer": bouncer_port,
             "twinkly": twinkly.port,
             "pure": pure.port,
+            "workers2": workers2.port,
         }
         if args.untimed:
             ports["untimed"] = untimed.port
