@@ -91,11 +91,13 @@ def test_malformed_message_after_startup(proxy, bystander, garbage: bytes) -> No
 @pytest.mark.parametrize(
     ("packet", "sqlstates"),
     [
-        pytest.param(struct.pack("!I", 0x7FFFFFFF), {"08P01"}, id="2GB-header-only"),
-        pytest.param(struct.pack("!I", 10_001) + b"\x00" * 10_000, {"08P01"}, id="10001-bytes"),
-        pytest.param(struct.pack("!I", 1_000_000) + b"\x00" * 50_000, {"08P01"}, id="1MB"),
-        pytest.param(struct.pack("!I", 3), {"08P01"}, id="length-3"),
-        pytest.param(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", {"08P01"}, id="http"),
+        # An impossible length: PostgreSQL closes without a word, and so must Twinkly.
+        pytest.param(struct.pack("!I", 0x7FFFFFFF), set(), id="2GB-header-only"),
+        pytest.param(struct.pack("!I", 10_001) + b"\x00" * 10_000, set(), id="10001-bytes"),
+        pytest.param(struct.pack("!I", 1_000_000) + b"\x00" * 50_000, set(), id="1MB"),
+        pytest.param(struct.pack("!I", 3), set(), id="length-3"),
+        pytest.param(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", set(), id="http"),
+        pytest.param(b"X\x00\x00\x00\x04", set(), id="terminate-first"),
         pytest.param(
             startup_packet({"user": "twinkly"}, code=2 << 16), {"08P01", "0A000"}, id="protocol-2"
         ),
@@ -106,23 +108,37 @@ def test_malformed_message_after_startup(proxy, bystander, garbage: bytes) -> No
     ],
 )
 def test_bad_startup_packet(proxy, bystander, packet: bytes, sqlstates: set[str]) -> None:
-    with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as sock:
+    """Each packet gets what PostgreSQL itself gives (checked against the truth server
+    in the same test): a FATAL error of the same class, or a close without a word."""
+    data, reset = reply_to(proxy.port, packet)
+    direct, _ = reply_to(proxy.truth.port, packet)
+    errors, server_errors = errors_in(data), errors_in(direct)
+    if not sqlstates:
+        assert (server_errors, direct) == ([], b""), "the server closes without a word"
+        assert data == b"", "Twinkly closes without a word too"
+        return
+    assert server_errors and server_errors[0]["C"] in sqlstates
+    if reset and not errors and len(packet) > 1000:
+        return  # refused, but the reset overtook the error message
+    assert errors, "closed without saying why"
+    assert errors[0]["C"] in sqlstates
+    assert errors[0]["S"] == "FATAL"
+
+
+def reply_to(port: int, packet: bytes) -> tuple[bytes, bool]:
+    """Everything a server (or Twinkly) sends back to ``packet`` before it closes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
         started = time.monotonic()
         with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-            sock.sendall(packet)  # the proxy may close before we finish: fine
+            sock.sendall(packet)  # the peer may close before we finish: fine
         data, reset = b"", False
         try:
             while chunk := sock.recv(65536):
                 data += chunk
         except ConnectionResetError:
             reset = True  # closed with our bytes unread: the kernel may drop its reply
-        assert time.monotonic() - started < 5, "the proxy waited for the rest of the packet"
-    errors = errors_in(data)
-    if reset and not errors and len(packet) > 1000:
-        return  # refused, but the reset overtook the error message
-    assert errors, "closed without saying why"
-    assert errors[0]["C"] in sqlstates
-    assert errors[0]["S"] == "FATAL"
+        assert time.monotonic() - started < 5, "waited for the rest of the packet"
+    return data, reset
 
 
 @pytest.mark.parametrize("state", ["idle", "in-transaction"])

@@ -21,7 +21,12 @@ from twinkly.proxy.session import Session
 from twinkly.proxy.session_settings import align_settings
 from twinkly.proxy.transports import stream_of
 from twinkly.wire.backend import ErrorResponse, NegotiateProtocolVersion
-from twinkly.wire.framing import MessageFramer, ProtocolViolation, StartupFramer
+from twinkly.wire.framing import (
+    MessageFramer,
+    ProtocolViolation,
+    StartupFramer,
+    StartupLengthInvalid,
+)
 from twinkly.wire.frontend import (
     CancelRequest,
     GSSENCRequest,
@@ -93,6 +98,10 @@ class ClientProtocol(Protocol):
                 self._early.append(data)
             elif self._state == "admin":
                 self._admin_data(data)
+        except StartupLengthInvalid as e:
+            log.info("closing client connection without a reply: {message}", message=str(e))
+            self._state = "closed"  # as PostgreSQL does (its COMMERROR is logged only)
+            self.transport.loseConnection()
         except ProtocolViolation as e:
             self.fail("08P01", str(e))
         except AuthenticationFailed as e:

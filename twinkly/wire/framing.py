@@ -102,6 +102,13 @@ class MessageFramer:
         return self._held
 
 
+class StartupLengthInvalid(ProtocolViolation):
+    """A start-up packet whose length is impossible: not a PostgreSQL client (or one
+    whose first bytes are not a start-up packet). PostgreSQL logs it and closes the
+    connection without a reply, and so does Twinkly: a client such as node-postgres,
+    whose Terminate went out before its start-up, must see what a server does."""
+
+
 class StartupFramer:
     """Frames the untagged start-up phase: int32 length + body, no type byte.
 
@@ -125,7 +132,7 @@ class StartupFramer:
             return None, b""
         length = _unpack_len(self._buffer, 0)[0]
         if length < 8 or length > self._max:
-            raise ProtocolViolation(f"invalid length of startup packet: {length}")
+            raise StartupLengthInvalid(f"invalid length of startup packet: {length}")
         if len(self._buffer) < length:
             return None, b""
         body = self._buffer[4:length]

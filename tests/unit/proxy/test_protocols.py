@@ -79,6 +79,23 @@ class ClientProtocolTests(SynchronousTestCase):
         h.client.dataReceived(f.GSSENCRequest().encode())
         self.assertEqual(h.transport.value(), b"N")
 
+    def test_an_impossible_startup_length_is_closed_without_a_word(self) -> None:
+        """As PostgreSQL does: node-postgres sends its Terminate before its start-up when
+        it ends at once, and must not get an error for it."""
+        for first in (b"X\x00\x00\x00\x04", b"\x00\x00\x00\x03", b"\x7f\xff\xff\xff"):
+            h = ClientHarness()
+            h.client.dataReceived(first)
+            self.assertEqual(h.transport.value(), b"")
+            self.assertTrue(h.transport.disconnecting)
+
+    def test_a_bad_startup_layout_still_gets_a_fatal_error(self) -> None:
+        h = ClientHarness()
+        h.client.dataReceived(f.StartupMessage({"database": "app"}).encode())
+        (error,) = frames(h.transport.value())
+        self.assertEqual(error.fields["S"], "FATAL")
+        self.assertIn(error.sqlstate, ("08P01", "28000"))
+        self.assertTrue(h.transport.disconnecting)
+
     def test_trust_startup_then_session(self) -> None:
         h = ClientHarness()
         h.startup(database="appdb", application_name="x")
@@ -152,10 +169,10 @@ class ClientProtocolTests(SynchronousTestCase):
         self.assertNotIn(b"Q\x00\x00\x00\x02", truth.transport.value())
 
     def test_oversized_startup_packet(self) -> None:
+        """Past PostgreSQL's 10,000 bytes: closed without a reply, as the server does."""
         h = ClientHarness()
         h.client.dataReceived(b"\x00\x01\x00\x00" + b"\x00" * 8)
-        (error,) = frames(h.transport.value())
-        self.assertEqual(error.sqlstate, "08P01")
+        self.assertEqual(h.transport.value(), b"")
         self.assertTrue(h.transport.disconnecting)
 
     def test_protocol_3_2_is_negotiated_down(self) -> None:
