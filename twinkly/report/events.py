@@ -28,12 +28,14 @@ KINDS = (
     "nondeterministic",
     "noise",
     "backend_unavailable",
+    "backend_recovered",  # a backend that was unavailable answers again
+    "statement_cut_short",  # cancelled because its client or the truth went away: not compared
     "slow_query",  # the target was slower by the configured ratio and margin
     "fingerprint_regression",  # a fingerprint's median got slower on the target
     "insight",  # an explanation that came later (an LLM's), linked by "event"
 )
 # Kinds that are expected and not a problem with the target: shown after everything else.
-BENIGN_KINDS = frozenset({"nondeterministic", "noise"})
+BENIGN_KINDS = frozenset({"nondeterministic", "noise", "backend_recovered"})
 # Kinds that say the two databases answered differently.
 MISMATCH_KINDS = frozenset(
     (
