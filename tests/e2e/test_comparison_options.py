@@ -218,7 +218,9 @@ def test_unreachable_target_is_an_event(start_proxy) -> None:
 
 
 def test_unreachable_target_refuses_with_require_target(start_proxy) -> None:
-    proxy = start_proxy(ready=False, target_port=free_port(), extra="comparison.require-target = true")
+    proxy = start_proxy(
+        ready=False, target_port=free_port(), extra="comparison.require-target = true"
+    )
     proxy.wait_listening()
     with pytest.raises(psycopg.OperationalError, match="pg18"):
         psycopg.connect(proxy.dsn())
