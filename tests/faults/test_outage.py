@@ -108,7 +108,7 @@ def test_target_stopped_immediate_then_restarted(throwaway, tmp_path) -> None:
             with psycopg.connect(proxy.dsn(), autocommit=True) as conn:
                 conn.execute("select * from outage order by id").fetchall()
             wait_for(lambda: "result_mismatch" in kinds(proxy), 5, "a compared mismatch")
-        recovered = [e for e in events(proxy) if e["kind"] == "backend_recovered"][0]
+        recovered = next(e for e in events(proxy) if e["kind"] == "backend_recovered")
         assert recovered["sessions_not_compared"] >= 5
         wait_no_backends(throwaway)
     finally:

@@ -14,6 +14,8 @@ from twinkly.proxy.factory import ProxyFactory
 
 log = Logger()
 
+LISTEN_BACKLOG = 1024
+
 
 class ProxyService(Service):
     """Listens for clients. ``stopService`` stops accepting at once, waits up to
@@ -38,7 +40,14 @@ class ProxyService(Service):
         super().startService()
         proxy = self.factory.config.proxy
         endpoint_type = TCP6ServerEndpoint if ":" in proxy.listen_address else TCP4ServerEndpoint
-        endpoint = endpoint_type(self.reactor, proxy.listen_port, interface=proxy.listen_address)
+        # A burst of connections waits in the kernel's queue, not dropped there (Twisted's
+        # default of 50 lets a few hundred simultaneous connects stall for seconds).
+        endpoint = endpoint_type(
+            self.reactor,
+            proxy.listen_port,
+            backlog=LISTEN_BACKLOG,
+            interface=proxy.listen_address,
+        )
         # Listening happens before the reactor runs, so a taken port stops start-up.
         d = endpoint.listen(self.factory)
         d.addCallback(self._listening)
