@@ -142,3 +142,22 @@ class ClientLimitTests(SynchronousTestCase):
         self.assertTrue(
             loads(CONFIG + "comparison.require-target = true\n").comparison.require_target
         )
+
+
+class ShowConfigTests(SynchronousTestCase):
+    def test_limits_and_availability_keys_are_listed(self) -> None:
+        from twinkly.ops.live import flatten
+
+        keys = flatten(loads(CONFIG))
+        for key in (
+            "proxy.client-login-timeout",
+            "proxy.max-client-connections",
+            "proxy.max-startup-connections",
+            "proxy.target-retry-initial",
+            "proxy.target-retry-max",
+            "comparison.require-target",
+            "reporting.flush-interval",
+            "reporting.fsync",
+        ):
+            self.assertIn(key, keys)
+        self.assertEqual(keys["proxy.client-login-timeout"], 15.0)
