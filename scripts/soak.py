@@ -140,7 +140,8 @@ def fault_terminate(servers, side: int) -> str:
     ) as conn:
         rows = conn.execute(
             "select pg_terminate_backend(pid) from pg_stat_activity"
-            " where backend_type = 'client backend' and application_name like 'soak-driver-%' and pid <> pg_backend_pid()"
+            " where backend_type = 'client backend' and application_name like 'soak-driver-%'"
+            " and pid <> pg_backend_pid()"
         ).fetchall()
     return f"terminated {len(rows)} driver backends on {server.label}"
 
