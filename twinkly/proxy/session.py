@@ -210,8 +210,9 @@ class Session:
         truth, target = self.truth, self.target
         truth.on_data = self.truth_data
         truth.on_lost = self._backend_lost
-        if target is None:
+        if target is None:  # counted by the factory as not compared; nothing to log here
             self.pairer.abandoned = "the target was unavailable when the session started"
+            self._pairing_logged = True
         else:
             target.on_data = self.target_data
             target.on_lost = self._backend_lost
