@@ -48,6 +48,7 @@ def test_backend_terminated_mid_query(clean, servers, side, protocol, in_transac
     pg15, pg18 = servers
     victim, other = (pg15, pg18) if side == "truth" else (pg18, pg15)
     application = f"faults-{uuid.uuid4().hex[:10]}"
+    cut_before = len([e for e in events(clean) if e["kind"] == "statement_cut_short"])
     out: dict = {}
     thread = threading.Thread(
         target=run_victim, args=(clean, application, protocol, in_transaction, out)
@@ -67,6 +68,13 @@ def test_backend_terminated_mid_query(clean, servers, side, protocol, in_transac
         thread.join(10)
         assert out["result"] == "error", out
         assert out["elapsed"] < SLEEP + 1
+        wait_for(
+            lambda: (
+                len([e for e in events(clean) if e["kind"] == "statement_cut_short"]) > cut_before
+            ),
+            3,
+            "the target's statement reported as cut short",
+        )
     else:
         # The truth carries on: the client never notices.
         thread.join(10)

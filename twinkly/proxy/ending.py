@@ -17,12 +17,22 @@ from typing import Any
 
 from twisted.logger import Logger
 
+from twinkly.tracking.contexts import INTERNAL
 from twinkly.wire.backend import ErrorResponse
 from twinkly.wire.buffers import Reader
 
 log = Logger()
 
 QUERY_CANCELED = "57014"
+
+
+class _Owed:
+    """A statement that never got an answer, as far as a report needs it."""
+
+    __slots__ = ("context",)
+
+    def __init__(self, context: tuple) -> None:
+        self.context = context
 
 
 def _sqlstate(result: Any) -> str | None:
@@ -90,7 +100,15 @@ def cancel_executing(session: Any, why: str, send: Callable[[Any], object]) -> l
         reason = f"cancelled by Twinkly: {why}"
         pairer = session.pairer
         report = getattr(session, "report_cut_short", None) or (lambda result, reason: None)
-        pairer.wrap_observer(lambda inner: CutShortObserver(inner, reason, report))
+        truth_gone = session.truth not in cancelled and session.truth_tracker.owed
+        if truth_gone:
+            # The truth's answers will never come: what the target owes is cut short now.
+            for context in session.target_tracker.owed_contexts():
+                if context is not INTERNAL:
+                    report(_Owed(context), reason)
+            pairer.abandon(reason)
+        else:
+            pairer.wrap_observer(lambda inner: CutShortObserver(inner, reason, report))
         log.info(
             "session {pid}: {why}; cancelled {count} backend statement(s) still running",
             pid=session.process_id,

@@ -197,8 +197,13 @@ class CancelOnEndTests(SynchronousTestCase):
         self.assertEqual(cancels, [], "the client asked for it to run: it runs")
 
     def test_truth_lost_cancels_the_target(self) -> None:
-        _h, client, truth, target, cancels = self.start()
+        h, client, truth, target, cancels = self.start()
         client.dataReceived(f.encode(f.Query("select pg_sleep(60)")))
         truth.transport.connected = False
         truth.connectionLost(Failure(ConnectionDone()))
         self.assertEqual(cancels, [target])
+        # The truth's answer will never come: reported as cut short at once.
+        (event,) = h.sink.by_kind("statement_cut_short")
+        self.assertEqual(event["statement"], "select pg_sleep(60)")
+        self.assertIn("source of truth", event["reason"])
+        self.assertEqual(h.monitor.outcomes["not_compared"], 1)
