@@ -117,6 +117,17 @@ class IComparison(Interface):
     def backend_unavailable(reason: str, when: float, session_id: int | None) -> None:
         """A backend could not be reached or was lost (an event, once per outage)."""
 
+    def backend_event(kind: str, fields: dict, when: float) -> None:
+        """``backend_unavailable`` / ``backend_recovered`` from the target's breaker."""
+
+    def not_compared(statements: int) -> None:
+        """Statements served by the truth alone (no target): counted, not compared."""
+
+    def statement_cut_short(
+        sql: str | None, reason: str, when: float, session_id: int | None
+    ) -> None:
+        """A statement Twinkly cancelled when its session ended: not compared."""
+
 
 class IAdminConsoles(Interface):
     """Twinkly's own console on a virtual database, for its admin users."""

@@ -65,6 +65,8 @@ def proxy_config(
             f"  yugabytedb {_backend_block(target, target_label, target_port)}",
             "}",
             'comparison { enabled = true, source-of-truth = "postgresql" }',
+            # Tests read the events file while the proxy runs: no batching delay.
+            "reporting.flush-interval = 20ms",
             extra,
             "",
         ]

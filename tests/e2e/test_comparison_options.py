@@ -9,6 +9,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from pgwire import free_port
 
 pytestmark = pytest.mark.backends
 
@@ -208,8 +209,18 @@ def test_unreachable_target_is_an_event(start_proxy) -> None:
     while not proxy.accepts():
         assert time.monotonic() < deadline
         time.sleep(0.05)
-    with pytest.raises(psycopg.OperationalError):
-        psycopg.connect(proxy.dsn())
+    for _ in range(3):  # served by the truth alone; one event for the outage
+        with psycopg.connect(proxy.dsn(), autocommit=True) as conn:
+            assert conn.execute("select 1").fetchone() == (1,)
     (event,) = events_of(proxy)
     assert event["kind"] == "backend_unavailable"
     assert "pg18" in event["reason"]
+
+
+def test_unreachable_target_refuses_with_require_target(start_proxy) -> None:
+    proxy = start_proxy(
+        ready=False, target_port=free_port(), extra="comparison.require-target = true"
+    )
+    proxy.wait_listening()
+    with pytest.raises(psycopg.OperationalError, match="pg18"):
+        psycopg.connect(proxy.dsn())

@@ -181,12 +181,14 @@ def test_http_status_server(operated) -> None:
 
 
 def test_readyz_names_an_unreachable_backend(start_proxy) -> None:
+    """With comparison.require-target the target is needed: 503 without it."""
     http_port = free_port()
     proxy = start_proxy(
         "unready",
         ready=False,
         target_port=free_port(),
-        extra=f"monitoring.http {{ enabled = true, port = {http_port} }}",
+        extra=f"monitoring.http {{ enabled = true, port = {http_port} }}\n"
+        "comparison.require-target = true",
     )
     proxy.wait_listening()
     code, _, body = wait_until(
@@ -301,3 +303,29 @@ def test_trace_a_running_session_from_the_admin_console(operated) -> None:
     assert "before-trace" not in text and "after-untrace" not in text
     unknown = psql(operated, "TRACE 1")
     assert unknown.returncode != 0 and "no session 1" in unknown.stderr
+
+
+def test_readyz_is_ready_on_the_truth_alone(start_proxy) -> None:
+    """Without require-target the proxy serves on the truth alone: ready, and the body
+    says what state the target is in."""
+    http_port = free_port()
+    proxy = start_proxy(
+        "degraded",
+        ready=False,
+        target_port=free_port(),
+        extra=f"monitoring.http {{ enabled = true, port = {http_port} }}",
+    )
+    proxy.wait_listening()
+    with psycopg.connect(proxy.dsn(), autocommit=True) as conn:  # served, not compared
+        assert conn.execute("select 1").fetchone() == (1,)
+    code, _, body = wait_until(
+        lambda: (lambda r: r if r[0] in (200, 503) else None)(
+            get(f"http://127.0.0.1:{http_port}/readyz")
+        ),
+        "the status server",
+    )
+    answer = json.loads(body)
+    assert code == 200 and answer["ready"] is True
+    assert "pg18" in answer["reasons"]["target"]
+    assert answer["reasons"]["target_state"]["state"] in ("down", "probing")
+    assert answer["reasons"]["target_state"]["sessions_not_compared"] >= 1

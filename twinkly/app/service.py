@@ -20,6 +20,8 @@ from twinkly.wire import accel
 
 log = Logger()
 
+LISTEN_BACKLOG = 1024
+
 
 class IServiceReactor(IReactorCore, IReactorTime, IReactorTCP):
     """What the proxy service uses of its reactor (every Twisted reactor provides it all)."""
@@ -71,8 +73,13 @@ class ProxyService(Service):
             endpoint_type = (
                 TCP6ServerEndpoint if ":" in proxy.listen_address else TCP4ServerEndpoint
             )
+            # A burst of connections waits in the kernel's queue, not dropped there
+            # (Twisted's default of 50 lets a few hundred simultaneous connects stall).
             endpoint = endpoint_type(
-                self.reactor, proxy.listen_port, interface=proxy.listen_address
+                self.reactor,
+                proxy.listen_port,
+                backlog=LISTEN_BACKLOG,
+                interface=proxy.listen_address,
             )
             d = endpoint.listen(self.factory)
         d.addCallback(self._listening)
@@ -162,7 +169,7 @@ def listen_reusing_port(reactor: Any, address: str, port: int, factory: Any) -> 
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((address, port))
-        sock.listen(1024)
+        sock.listen(LISTEN_BACKLOG)
         sock.setblocking(False)
         return reactor.adoptStreamPort(sock.fileno(), family, factory)
     finally:

@@ -144,7 +144,13 @@ def build_tracer(config: Config, reactor: IReactorTime) -> SessionTracer:
 def build_monitor(config: Config, reactor: IServiceReactor) -> Monitor:
     """The comparison state shared by all sessions, with its events file."""
     settings = comparison_settings(config)
-    sink: IEventSink = JsonLinesSink(config.reporting.events_file, reactor)
+    reporting = config.reporting
+    sink: IEventSink = JsonLinesSink(
+        reporting.events_file,
+        reactor,
+        flush_interval=reporting.flush_interval,
+        fsync=reporting.fsync,
+    )
     if config.reporting.bundles:
         bundles = BundleWriter(config.reporting.bundles, reactor, redacted=config.reporting.redact)
         sink = FanOutSink(sink, bundles)

@@ -36,3 +36,14 @@ class SessionComparisons:
 
     def backend_unavailable(self, reason: str, when: float, session_id: int | None) -> None:
         self.monitor.backend_unavailable(reason, when, session_id)
+
+    def backend_event(self, kind: str, fields: dict, when: float) -> None:
+        self.monitor.backend_event(kind, fields, when)
+
+    def not_compared(self, statements: int) -> None:
+        self.monitor.count("not_compared", statements)
+
+    def statement_cut_short(
+        self, sql: str | None, reason: str, when: float, session_id: int | None
+    ) -> None:
+        self.monitor.statement_cut_short(sql, reason, when, session_id)

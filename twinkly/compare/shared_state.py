@@ -37,6 +37,7 @@ OUTCOMES = (
     "sampled_out",  # left out by comparison.sample-rate
     "skipped",  # not comparable: the target lost the transaction, or one side only
     "dropped",  # pairing was abandoned (caps, lost streams)
+    "not_compared",  # no target to compare with (unavailable), or cut short by a cancel
 )
 
 
@@ -120,6 +121,43 @@ class Monitor:
             now=now,
             session=session,
             statement=None,
+            fingerprint=None,
+            truth=None,
+            target=None,
+            reason=reason,
+        )
+        self.emit(event)
+
+    def backend_event(self, kind: str, fields: dict, now: float) -> None:
+        """``backend_unavailable`` / ``backend_recovered`` from the target's breaker."""
+        fields = dict(fields)
+        session = fields.pop("session", None)
+        reason = fields.pop("reason", None)
+        event = make_event(
+            kind,
+            now=now,
+            session=session,
+            statement=None,
+            fingerprint=None,
+            truth=None,
+            target=None,
+            reason=reason,
+            **fields,
+        )
+        self.emit(event)
+
+    def statement_cut_short(
+        self, sql: str | None, reason: str, now: float, session: int | None
+    ) -> None:
+        """A statement a cancel of Twinkly's cut short: not compared, and why."""
+        self.count("not_compared")
+        if sql is not None and (self.settings.redact or len(sql) > 2000):
+            sql = None if self.settings.redact else sql[:2000]
+        event = make_event(
+            "statement_cut_short",
+            now=now,
+            session=session,
+            statement=sql,
             fingerprint=None,
             truth=None,
             target=None,

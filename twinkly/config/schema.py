@@ -22,6 +22,7 @@ __all__ = ["Config", "ConfigError", "load", "loads"]
 
 TLS_MODES = ("disable", "prefer", "require", "verify-ca", "verify-full")
 BACKEND_KEYS = ("postgresql", "yugabytedb")
+FSYNC_MODES = ("never", "interval", "always")
 
 
 METHODS = ("trust", "password", "md5", "scram-sha-256")  # client authentication
@@ -84,6 +85,16 @@ class ProxyConfig:
     postgres_only_patterns: tuple[str, ...] = ()
     yugabyte_only_patterns: tuple[str, ...] = ()
     admin: AdminConfig = field(default_factory=AdminConfig)
+    # Limits, as in pgbouncer: start-up and authentication must finish within
+    # client_login_timeout; past max_client_connections (or max_startup_connections
+    # still logging in) a new client gets SQLSTATE 53300 and is closed.
+    client_login_timeout: float = 15.0
+    max_client_connections: int = 1000
+    max_startup_connections: int = 256
+    # After a failed connect the target is retried after this backoff (doubling up to
+    # the maximum), not once per session: see twinkly/proxy/breaker.py.
+    target_retry_initial: float = 1.0
+    target_retry_max: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -115,6 +126,9 @@ class ComparisonConfig:
     enabled: bool = True
     source_of_truth: str = "postgresql"
     fail_on_differences: bool = False
+    # False: a session whose target cannot be reached runs on the truth alone (not
+    # compared). Unset in the file, it follows fail-on-differences.
+    require_target: bool = False
     log_differences_only: bool = False
     exclude_patterns: tuple[str, ...] = ()  # regexes: run on both, never compared
     float_tolerance: float = 1e-9
@@ -146,6 +160,10 @@ class ReportingConfig:
     events_file: str = "reports/twinkly-events.jsonl"
     redact: bool = False
     bundles: str | None = None  # directory for one repro bundle per mismatching fingerprint
+    # Events reach the file at least this often; fsync: never, interval (once per
+    # flush) or always (after every write).
+    flush_interval: float = 1.0
+    fsync: str = "interval"
 
 
 @dataclass(frozen=True)
@@ -309,7 +327,23 @@ def _proxy(section: Section) -> ProxyConfig:
         admin=AdminConfig(
             users=admin.strings("users"), database=admin.string("database", "twinkly")
         ),
+        client_login_timeout=section.seconds("client-login-timeout", 15.0),
+        max_client_connections=section.integer("max-client-connections", 1000, 1, 1_000_000),
+        max_startup_connections=section.integer("max-startup-connections", 256, 1, 1_000_000),
+        target_retry_initial=section.seconds("target-retry-initial", 1.0),
+        target_retry_max=section.seconds("target-retry-max", 30.0),
     )
+    if config.client_login_timeout <= 0:
+        raise ConfigError("proxy.client-login-timeout: must be more than 0")
+    if config.max_startup_connections > config.max_client_connections:
+        raise ConfigError(
+            "proxy.max-startup-connections: must not exceed proxy.max-client-connections"
+            f" ({config.max_client_connections})"
+        )
+    if not 0 < config.target_retry_initial <= config.target_retry_max:
+        raise ConfigError(
+            "proxy.target-retry-initial: must be more than 0 and at most proxy.target-retry-max"
+        )
     admin.finish()
     if bool(config.tls_cert_file) != bool(config.tls_key_file):
         raise ConfigError("proxy.tls: cert-file and key-file must be given together")
@@ -336,7 +370,11 @@ def from_tree(tree: ConfigTree) -> Config:
         events_file=reporting_section.string("events-file", ReportingConfig.events_file),
         redact=reporting_section.boolean("redact", False),
         bundles=reporting_section.string("bundles", None),
+        flush_interval=reporting_section.seconds("flush-interval", 1.0),
+        fsync=reporting_section.string("fsync", "interval", FSYNC_MODES),
     )
+    if reporting.flush_interval > 3600:
+        raise ConfigError("reporting.flush-interval: must be at most 1h")
     reporting_section.finish()
     monitoring = _monitoring(root.section("monitoring"))
     debug = _debug(root.section("debug"))
@@ -406,10 +444,12 @@ def _debug(section: Section) -> DebugConfig:
 
 def _comparison(section: Section) -> ComparisonConfig:
     normalize = section.section("normalize")
+    fail_on_differences = section.boolean("fail-on-differences", False)
     config = ComparisonConfig(
         enabled=section.boolean("enabled", True),
         source_of_truth=section.string("source-of-truth", "postgresql", BACKEND_KEYS),
-        fail_on_differences=section.boolean("fail-on-differences", False),
+        fail_on_differences=fail_on_differences,
+        require_target=section.boolean("require-target", fail_on_differences),
         log_differences_only=section.boolean("log-differences-only", False),
         exclude_patterns=section.patterns("exclude-patterns"),
         float_tolerance=section.number("float-tolerance", 1e-9, 0.0, 1.0),

@@ -247,8 +247,11 @@ class AdminConsole:
         totals = self.status.totals()
         rows: list[tuple[str, object]] = [
             ("sessions", totals["sessions"]),
+            ("sessions_not_compared", totals.get("sessions_not_compared", 0)),
             ("statements", totals["statements"]),
         ]
+        target = totals.get("target") or {}
+        rows.append(("target_outages", target.get("outages", 0)))
         # Some names are both an outcome and an event kind (noise, nondeterministic).
         rows += [(f"outcomes.{k}", v) for k, v in totals.get("outcomes", {}).items()]
         rows += [(f"events.{k}", v) for k, v in totals.get("events", {}).items()]

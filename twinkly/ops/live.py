@@ -43,6 +43,7 @@ _RESTART = (
     "comparison.ai.",
     "comparison.explain.max-concurrent",
     "comparison.volatile-column",
+    "proxy.target-retry-",
 )
 _NEW_SESSIONS = (
     "proxy.flow.",
@@ -53,6 +54,10 @@ _NEW_SESSIONS = (
     "comparison.hold-bytes",
     "comparison.max-target-lag",
     "comparison.max-compared-rows",
+    "comparison.require-target",
+    "proxy.client-login-timeout",
+    "proxy.max-client-connections",
+    "proxy.max-startup-connections",
 )
 
 
@@ -100,9 +105,12 @@ class LiveStatus:
         monitor = self.monitor
         config = self.factory.config
         outcomes = dict(monitor.outcomes) if monitor is not None else {}
+        breaker = getattr(self.factory, "breaker", None)
         return {
             "sessions": len(self.factory.sessions),
             "sessions_total": self.factory.sessions_total,
+            "sessions_not_compared": breaker.sessions_not_compared if breaker else 0,
+            "target": breaker.describe() if breaker else {},
             "statements": sum(outcomes.values()),
             "outcomes": outcomes,
             "events": dict(monitor.events) if monitor is not None else {},
@@ -279,10 +287,15 @@ class LiveStatus:
         return waiter
 
     def _checked(self, reasons: list) -> tuple:
-        answer = (
-            all(r is None for r in reasons),
-            {"truth": reasons[0], "target": reasons[1]},
-        )
+        # Ready when the truth takes a login: without the target, sessions go on with
+        # the truth alone (comparison.require-target says whether that is allowed).
+        require = self.factory.config.comparison.require_target
+        reasons_out: dict = {"truth": reasons[0], "target": reasons[1]}
+        breaker = getattr(self.factory, "breaker", None)
+        if breaker is not None:
+            reasons_out["target_state"] = breaker.describe()
+        ready = reasons[0] is None and (reasons[1] is None or not require)
+        answer = (ready, reasons_out)
         self._ready = (self.reactor.seconds(), answer)
         self._checking = None
         return answer

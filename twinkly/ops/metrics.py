@@ -81,6 +81,31 @@ class ProxyCollector:
         for label in (config.truth.label, config.target.label):
             failures.add_metric([label], factory.connect_failures.get(label, 0))
         yield failures
+        breaker = getattr(factory, "breaker", None)
+        if breaker is not None:
+            yield CounterMetricFamily(
+                "twinkly_sessions_not_compared",
+                "Sessions that started without the target (unavailable): served, not compared.",
+                breaker.sessions_not_compared,
+            )
+            yield CounterMetricFamily(
+                "twinkly_target_outages", "Times the target became unavailable.", breaker.outages
+            )
+            yield GaugeMetricFamily(
+                "twinkly_target_available",
+                "1 when the target takes connections, 0 while it is unavailable.",
+                1 if breaker.available else 0,
+            )
+        limits = getattr(factory, "limits", None)
+        if limits is not None:
+            refused = CounterMetricFamily(
+                "twinkly_clients_refused",
+                "Client connections refused or closed by a limit.",
+                labels=["limit"],
+            )
+            refused.add_metric(["max-connections"], limits.refused)
+            refused.add_metric(["login-timeout"], limits.login_timeouts)
+            yield refused
         monitor = self.monitor
         if monitor is None:
             return

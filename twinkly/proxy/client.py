@@ -16,6 +16,7 @@ from twisted.python.failure import Failure
 
 from twinkly.proxy.auth import AuthenticationFailed, ClientAuthenticator, authentication_ok
 from twinkly.proxy.backend import BackendProtocol
+from twinkly.proxy.limits import TOO_MANY, Admission
 from twinkly.proxy.recording import StartupRecording
 from twinkly.proxy.session import Session
 from twinkly.proxy.session_settings import align_settings
@@ -61,14 +62,30 @@ class ClientProtocol(Protocol):
         # The start-up, both ways, for a protocol trace (only when tracing is on).
         tracer = factory.tracer
         self.recording = StartupRecording() if tracer is not None and tracer.recording() else None
+        self._admission: Admission | None = None  # proxy.max-*-connections, login timer
 
     def connectionMade(self) -> None:
         stream_of(self).setTcpNoDelay(True)
+        limits = self.factory.limits
+        if limits is not None:
+            admission = limits.admit(self._login_timed_out)
+            if isinstance(admission, str):  # over a limit: refused as PostgreSQL does
+                self._state = "closed"
+                stream_of(self).write(fatal(TOO_MANY, admission))
+                stream_of(self).loseConnection()
+                return
+            self._admission = admission
         self.factory.clients.add(self)
+
+    def _login_timed_out(self) -> None:
+        if self._state in ("startup", "auth"):
+            self.fail("57014", "canceling authentication due to timeout")
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._state = "closed"
         self.factory.clients.discard(self)
+        if self._admission is not None:
+            self._admission.gone()
         if self.session is not None:
             self.session.close()
         for backend in self._backends:
@@ -101,7 +118,7 @@ class ClientProtocol(Protocol):
         except StartupLengthInvalid as e:
             log.info("closing client connection without a reply: {message}", message=str(e))
             self._state = "closed"  # as PostgreSQL does (its COMMERROR is logged only)
-            self.transport.loseConnection()
+            stream_of(self).loseConnection()
         except ProtocolViolation as e:
             self.fail("08P01", str(e))
         except AuthenticationFailed as e:
@@ -179,6 +196,8 @@ class ClientProtocol(Protocol):
 
     def _authenticated(self) -> None:
         assert self.startup is not None
+        if self._admission is not None:
+            self._admission.logged_in()
         admin = self.factory.config.proxy.admin
         if self.startup.parameters.get("database") == admin.database:
             self._start_admin()
@@ -213,13 +232,14 @@ class ClientProtocol(Protocol):
                 stream_of(self).loseConnection()
                 return
 
-    def _backends_ready(self, pair: tuple[BackendProtocol, BackendProtocol]) -> object:
+    def _backends_ready(self, pair: tuple[BackendProtocol, BackendProtocol | None]) -> object:
         truth, target = pair
         if self._state != "connecting":
             truth.terminate()
-            target.terminate()
+            if target is not None:
+                target.terminate()
             return None
-        if self.factory.comparison is None:
+        if self.factory.comparison is None or target is None:
             self._start_session(truth, target)
             return None
         # Comparing: the target prints values the way the truth does.
@@ -229,10 +249,11 @@ class ClientProtocol(Protocol):
         aligning.addErrback(self._backends_failed)
         return aligning
 
-    def _start_session(self, truth: BackendProtocol, target: BackendProtocol) -> None:
+    def _start_session(self, truth: BackendProtocol, target: BackendProtocol | None) -> None:
         if self._state != "connecting":
             truth.terminate()
-            target.terminate()
+            if target is not None:
+                target.terminate()
             return
         self._backends = []
         assert self.startup is not None
@@ -247,7 +268,9 @@ class ClientProtocol(Protocol):
             + truth.status.encode()
         )
         session.start()
-        started = {"truth": truth.recording.take(), "target": target.recording.take()}
+        started = {"truth": truth.recording.take()}
+        if target is not None:
+            started["target"] = target.recording.take()
         tracer = self.factory.tracer
         if tracer is not None and self.recording is not None:
             started["client"] = self.recording.take()
@@ -265,7 +288,8 @@ class ClientProtocol(Protocol):
         if self._state != "connecting":
             return
         sqlstate = getattr(error, "sqlstate", "08006")
-        if sqlstate.startswith("08"):  # unreachable, not a refusal
+        from_target = getattr(error, "from_target", False)  # the breaker announced it
+        if sqlstate.startswith("08") and not from_target:  # unreachable, not a refusal
             self.factory.backend_unavailable(str(error))
         self.fail(sqlstate, f"Twinkly: {error}")
 

@@ -19,9 +19,11 @@ from twisted.python.failure import Failure
 
 from twinkly.config.schema import Config
 from twinkly.interfaces import IAdminConsoles, IComparison, IPairObserver, ISessionTracer
-from twinkly.proxy.backend import BackendProtocol, connect_backend, startup_parameters
+from twinkly.proxy.backend import BackendProtocol
 from twinkly.proxy.client import ClientProtocol
 from twinkly.proxy.keys import CancelKeys
+from twinkly.proxy.limits import ConnectionLimits
+from twinkly.proxy.opening import make_breaker, open_backends, session_hooks
 from twinkly.proxy.routing import make_router
 from twinkly.proxy.session import Session, session_counters
 from twinkly.proxy.transports import IStreamTransport
@@ -75,6 +77,16 @@ class ProxyFactory(Factory):
         self.sessions_total = 0
         self.connect_failures: Counter[str] = Counter()  # backend label -> failures
         self.closed_totals: Counter[str] = Counter()  # bytes and pauses of ended sessions
+        self.breaker = make_breaker(self)  # the target's availability
+        self.limits = ConnectionLimits(reactor, self._limits)
+
+    def _limits(self) -> tuple[float, int, int]:
+        proxy = self.config.proxy  # read per connection: a reload applies to new clients
+        return (
+            proxy.client_login_timeout,
+            proxy.max_client_connections,
+            proxy.max_startup_connections,
+        )
 
     def buildProtocol(self, addr: object) -> ClientProtocol:
         return ClientProtocol(self)
@@ -87,41 +99,14 @@ class ProxyFactory(Factory):
     def open_backends(
         self, client_parameters: dict[str, str], opened: list[BackendProtocol]
     ) -> defer.Deferred:
-        """Connect both backends at once; fires with (truth, target) or fails naming
-        the backend that could not be reached. A backend that connected while the
-        other failed is closed."""
-        proxy = self.config.proxy
-        attempts = []
-        gave_up = False
-
-        def connected(protocol: BackendProtocol) -> BackendProtocol:
-            if gave_up:  # the other backend failed first: do not leak this one
-                protocol.terminate()
-            else:
-                opened.append(protocol)
-            return protocol
-
-        def failed(failure: Failure) -> Failure:
-            nonlocal gave_up
-            gave_up = True
-            for protocol in opened:
-                protocol.terminate()
-            opened.clear()
-            return failure
-
-        for backend in (self.config.truth, self.config.target):
-            parameters = startup_parameters(backend, client_parameters)
-            d = connect_backend(self.reactor, backend, parameters, proxy.max_message_bytes)
-            d.addErrback(self._connect_failed, backend.label)
-            attempts.append(d.addCallback(connected))
-
-        return defer.gatherResults(attempts, consumeErrors=True).addCallbacks(tuple, failed)
+        """(truth, target or None): see twinkly/proxy/opening.py."""
+        return open_backends(self, client_parameters, opened)
 
     def new_session(
         self,
         transport: IStreamTransport,
         truth: BackendProtocol,
-        target: BackendProtocol,
+        target: BackendProtocol | None,
         client_parameters: dict[str, str],
     ) -> tuple[Session, BackendKeyData]:
         """The session of a client whose backends are ready, registered under Twinkly's
@@ -130,7 +115,8 @@ class ProxyFactory(Factory):
         process_id, secret = self.keys.allocate(
             truth_key.process_id if truth_key is not None else None, self.sessions
         )
-        comparison = self.comparison
+        comparison = self.comparison if target is not None else None  # nothing to compare
+        hooks = session_hooks(self, process_id, target is not None, self.unregister)
         session = Session(
             transport,
             truth,
@@ -142,7 +128,9 @@ class ProxyFactory(Factory):
             comparison=comparison,
             router=self.router,
             client_parameters=client_parameters,
-            on_close=self.unregister,
+            on_close=hooks.on_close,
+            on_target_lost=hooks.on_target_lost,
+            report_cut_short=hooks.report_cut_short,
             timer=self.timer,
         )
         self.sessions[process_id] = (secret, session)

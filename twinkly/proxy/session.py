@@ -19,6 +19,7 @@ frames and applied once it has returned (``verdicts.VerdictQueue``).
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -35,6 +36,7 @@ from twinkly.interfaces import (
 )
 from twinkly.proxy.backend import BackendProtocol, SideConnection, send_cancel
 from twinkly.proxy.copy_in import CopyAlignment, may_copy_from
+from twinkly.proxy.ending import cancel_executing
 from twinkly.proxy.enforcer import Enforcer
 from twinkly.proxy.flow import GateReason, PauseGate
 from twinkly.proxy.lag import LagControl
@@ -78,7 +80,7 @@ class Session:
         self,
         client_transport: IStreamTransport,
         truth: BackendProtocol,
-        target: BackendProtocol,
+        target: BackendProtocol | None,
         config: Config,
         clock: IReactorTime,
         observer_factory: ObserverFactory,
@@ -88,6 +90,8 @@ class Session:
         router: Router | None = None,
         client_parameters: dict[str, str] | None = None,
         on_close: Callable[[Session], None] | None = None,
+        on_target_lost: Callable[[str, int | None], None] | None = None,
+        report_cut_short: Callable[[Any, str], None] | None = None,
         timer: Callable[[], float] | None = None,
     ) -> None:
         self.client = client_transport
@@ -148,10 +152,11 @@ class Session:
         )
         self._client_framer = MessageFramer(config.proxy.max_message_bytes)
         self._truth_framer = truth.framer
-        self._target_framer = target.framer
+        # No target: the session runs on the truth alone (unavailable at connect time).
+        self._target_framer = target.framer if target is not None else MessageFramer(1024)
         self._to_client = immediate_writer(client_transport)
         self._to_truth = immediate_writer(truth.transport)
-        self._to_target = immediate_writer(target.transport)
+        self._to_target = immediate_writer(target.transport) if target is not None else _nothing
         self._pairing_logged = False
         self._pending_tap: Tap | None = None  # to attach at the next message boundary
         self._tap_in: Tap | None = None
@@ -160,6 +165,11 @@ class Session:
         self.bytes_to_client = 0
         self.started = clock.seconds()
         self.traced = False  # a protocol tap is attached
+        # The factory's hooks: a target connection lost (its breaker announces that once
+        # per outage), a statement cut short by a cancel (twinkly/proxy/ending.py).
+        self.on_target_lost = on_target_lost
+        self.report_cut_short = report_cut_short
+        self.send_cancel: Callable[[BackendProtocol], object] = self._send_cancel
 
     def _policies(
         self, comparison: IComparison | None, observer_factory: ObserverFactory
@@ -201,19 +211,23 @@ class Session:
     def start(self) -> None:
         """Take over the three connections (all ready)."""
         truth, target = self.truth, self.target
-        assert target is not None
         truth.on_data = self.truth_data
-        target.on_data = self.target_data
         truth.on_lost = self._backend_lost
-        target.on_lost = self._backend_lost
+        if target is None:  # counted by the factory as not compared; nothing to log here
+            self.pairer.abandoned = "the target was unavailable when the session started"
+            self._pairing_logged = True
+        else:
+            target.on_data = self.target_data
+            target.on_lost = self._backend_lost
         # A slow client pauses the truth; so does a target too far behind (truth_gate).
         self.client.registerProducer(GateReason(self.truth_gate, "client-buffer"), True)
         stream_of(truth).registerProducer(GateReason(self.gate, "truth-buffer"), True)
-        stream_of(target).registerProducer(GateReason(self.gate, "target-buffer"), True)
+        if target is not None:
+            stream_of(target).registerProducer(GateReason(self.gate, "target-buffer"), True)
         # Messages that arrived right after ReadyForQuery (a notice, say).
         if truth.leftover:
             self.truth_tracker.feed(truth.leftover)
-        if target.leftover:
+        if target is not None and target.leftover:
             self.target_tracker.feed(target.leftover)
 
     def truth_settings(self) -> dict[str, str]:
@@ -339,7 +353,8 @@ class Session:
         if messages:
             now = self._tick()
             truth_expect = self.truth_tracker.expect
-            target_expect = self.target_tracker.expect
+            # Without a target nothing is owed there (its queue would only grow).
+            target_expect = self.target_tracker.expect if self.target is not None else _nothing
             seq = self._seq
             contexts = self.contexts
             for type_byte, payload in messages:
@@ -489,7 +504,7 @@ class Session:
                     f" {backend.config.describe()}",
                 )
                 self.client.write(encode(error))
-            self.close()
+            self.close(why="the source of truth's connection was lost")
         else:
             log.warn(
                 "target {backend} closed the connection; the session goes on with the"
@@ -499,19 +514,24 @@ class Session:
             )
             self.target = None
             why = f"the target {backend.config.describe()} closed the connection"
-            if self._comparison is not None:
+            if self.on_target_lost is not None:
+                self.on_target_lost(why, self.session_id)
+            elif self._comparison is not None:
                 self._comparison.backend_unavailable(why, self._now(), self.session_id)
             self.pairer.abandon(why)
             self.gate.resume("target-buffer")
             self.gate.resume("target-lag")
 
-    def close(self, client_terminated: bool = False) -> None:
+    def close(self, client_terminated: bool = False, why: str = "the client left") -> None:
         """Close the client and both backends (idempotent). Backends get a Terminate
-        unless the client's own was just forwarded to them."""
+        unless the client's own was just forwarded to them. A backend still executing
+        when the client left (not by Terminate) is cancelled, then drained."""
         if self.closed:
             return
         self.closed = True
         self.gate.resume("target-lag")
+        if not client_terminated:
+            cancel_executing(self, why, self.send_cancel)
         for backend, tracker in (
             (self.truth, self.truth_tracker),
             (self.target, self.target_tracker),
@@ -531,11 +551,18 @@ class Session:
         if self._on_close is not None:
             self._on_close(self)
 
+    def _send_cancel(self, backend: BackendProtocol) -> object:
+        return send_cancel(self.clock, backend.config, backend.key)  # type: ignore[arg-type]
+
     def cancel(self, reactor: object) -> None:
         """A client's CancelRequest: deliver it to both backends."""
         for backend in (self.truth, self.target):
             if backend is not None and backend.key is not None:
                 send_cancel(reactor, backend.config, backend.key)
+
+
+def _nothing(*_: object) -> None:
+    return None
 
 
 def session_counters(session: Session) -> dict[str, int]:

@@ -28,13 +28,15 @@ KINDS = (
     "nondeterministic",
     "noise",
     "backend_unavailable",
+    "backend_recovered",  # a backend that was unavailable answers again
+    "statement_cut_short",  # cancelled because its client or the truth went away: not compared
     "slow_query",  # the target was slower by the configured ratio and margin
     "fingerprint_regression",  # a fingerprint's median got slower on the target
     "insight",  # an explanation that came later (an LLM's), linked by "event"
     "volatile_write",  # columns given values each server computed itself (later noise)
 )
 # Kinds that are expected and not a problem with the target: shown after everything else.
-BENIGN_KINDS = frozenset({"nondeterministic", "noise", "volatile_write"})
+BENIGN_KINDS = frozenset({"nondeterministic", "noise", "volatile_write", "backend_recovered"})
 # Kinds that say the two databases answered differently.
 MISMATCH_KINDS = frozenset(
     (

@@ -30,6 +30,7 @@ from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
 from twinkly.report.events import encode_event
+from twinkly.report.flushing import FlushPolicy
 from twinkly.report.writer import QueuedWriter
 
 _log = Logger(namespace="twinkly.report")
@@ -65,6 +66,9 @@ class JsonLinesSink(QueuedWriter):
         batch_bytes: int = 1024 * 1024,
         retry_interval: float = 1.0,
         call_in_reactor: Callable[..., object] | None = None,
+        flush_interval: float = 0.0,
+        fsync: str = "never",
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.path = Path(path)
         self.max_queue = max_queue
@@ -78,6 +82,9 @@ class JsonLinesSink(QueuedWriter):
         self._burst_drops = 0  # drops since the queue last had room
         self._fd: int | None = None
         self._failing = False  # writer thread only: inside a streak of write errors
+        # reporting.flush-interval and reporting.fsync (guarded by _cond).
+        self.policy = FlushPolicy(flush_interval, fsync, batch_bytes)
+        self._clock = clock
         self._thread = threading.Thread(
             target=self._run, name=f"twinkly-report-writer:{self.path.name}", daemon=True
         )
@@ -111,6 +118,7 @@ class JsonLinesSink(QueuedWriter):
             else:
                 self._queue.append(line)
                 self._queued_bytes += len(line)
+                self.policy.queued(self._clock())
                 self._cond.notify()
                 ended_burst, self._burst_drops = self._burst_drops, 0
                 burst_started = False
@@ -155,24 +163,58 @@ class JsonLinesSink(QueuedWriter):
         pending = b""  # a batch taken off the queue, not yet (completely) written
         count = 0  # events in that batch
         while True:
+            sync = False
             with self._cond:
                 if pending:
                     self._wait_before_retry()
                 else:
-                    while not self._queue and not self._closing:
-                        self._cond.wait()
-                    pending, count = self._take_batch()
+                    sync = self._wait_for_work()
+                    if not sync:
+                        pending, count = self._take_batch()
                 closing = self._closing
+            if sync:
+                self._fsync()
+                continue
             if pending:
                 pending = pending[self._write(pending) :]
                 if not pending:
                     self._count_written(count)
+                    with self._cond:
+                        sync = self.policy.written(self._clock(), not self._queue)
+                    if sync:
+                        self._fsync()
                 elif closing:  # the last attempt failed too: give up rather than hang
                     self._give_up(count, pending)
                     return
             elif closing:  # nothing queued and nothing pending
                 self._sync_and_close()
                 return
+
+    def _wait_for_work(self) -> bool:
+        """Sleep until a batch is due (True: an fsync is due first). Holds the lock."""
+        policy = self.policy
+        while True:
+            now = self._clock()
+            write_in = policy.write_in(now, self._queued_bytes, self._closing)
+            sync_in = policy.sync_in(now)
+            if not self._queue and self._closing:
+                return False
+            if sync_in <= 0 and sync_in <= write_in:
+                return True
+            if write_in <= 0 and self._queue:
+                return False
+            timeout = min(write_in, sync_in)
+            self._cond.wait(None if timeout == float("inf") else timeout)
+
+    def _fsync(self) -> None:
+        fd = self._fd
+        if fd is not None:
+            try:
+                os.fsync(fd)
+            except OSError as e:
+                self._write_failed(e)
+        with self._cond:
+            self.policy.synced(self._clock())
 
     def _wait_before_retry(self) -> None:
         """After a write error: wait ``retry_interval`` (or until close). Holds the lock."""

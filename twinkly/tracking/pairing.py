@@ -10,6 +10,7 @@ or ignored a Sync during COPY) and is reported as one-sided. No timer is involve
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 
 from zope.interface import implementer
 
@@ -96,6 +97,10 @@ class Pairer:
             self._drain()
         elif len(self._target) > self._max_held:
             self.abandon(f"the target ran more than {self._max_held} results ahead")
+
+    def wrap_observer(self, wrap: Callable[[IPairObserver], IPairObserver]) -> None:
+        """Put an observer in front of the current one (``observer`` stays the original)."""
+        self._observer = wrap(self._observer)
 
     def abandon(self, reason: str) -> None:
         if self.abandoned is not None:

@@ -234,6 +234,10 @@ class ResponseTracker:
     def owed(self) -> int:
         return len(self._owed)
 
+    def owed_contexts(self) -> list[tuple]:
+        """The contexts (SQL, Bind) of the statements still owed, oldest first."""
+        return [entry[3] for entry in self._owed if entry[3] is not None]
+
     @property
     def current(self) -> StatementResult | None:
         """The result being received right now, if any."""

@@ -197,7 +197,9 @@ class ShowTests(ConsoleTestCase):
             rows,
             [
                 ("sessions", "3"),
+                ("sessions_not_compared", "0"),
                 ("statements", "120"),
+                ("target_outages", "0"),
                 ("outcomes.matched", "100"),
                 ("outcomes.mismatched", "7"),
                 ("outcomes.noise", "2"),
