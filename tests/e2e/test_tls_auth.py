@@ -167,10 +167,17 @@ def test_client_tls(start_proxy, sandbox) -> None:
 
 
 def test_unreachable_target_is_named_and_does_not_hang(start_proxy) -> None:
+    """With comparison.require-target the client is refused, naming the target (without
+    it the session runs on the truth alone: tests/faults/test_outage.py)."""
     with socket.socket() as s:  # a port that nobody listens on
         s.bind(("127.0.0.1", 0))
         closed_port = s.getsockname()[1]
-    proxy = start_proxy(ready=False, target_port=closed_port, target_label="lost-target")
+    proxy = start_proxy(
+        ready=False,
+        target_port=closed_port,
+        target_label="lost-target",
+        extra="comparison.require-target = true",
+    )
     listening(proxy)
     started = time.monotonic()
     with pytest.raises(psycopg.OperationalError) as caught:

@@ -118,7 +118,7 @@ class StartupFramer:
 
     __slots__ = ("_buffer", "_max")
 
-    MAX_STARTUP_BYTES = 10000
+    MAX_STARTUP_BYTES = 10004  # as PostgreSQL: 10,000 bytes after the length word
 
     def __init__(self, max_message_bytes: int = MAX_STARTUP_BYTES) -> None:
         self._max = max_message_bytes

@@ -263,11 +263,12 @@ class StartupTests(SynchronousTestCase):
         self.assertEqual(rest, b"Q")
 
     def test_length_limits(self) -> None:
-        body = b"\x00\x03\x00\x00user\x00u\x00" + b"a\x00" * 4992 + b"\x00"
+        # As PostgreSQL: at most 10,000 bytes after the length word.
+        body = b"\x00\x03\x00\x00user\x00u\x00" + b"a\x00" * 4994 + b"\x00"
         wire = (len(body) + 4).to_bytes(4, "big") + body
-        self.assertEqual(len(wire), 10000)
+        self.assertEqual(len(wire), 10004)
         self.assertEqual(StartupFramer().feed(wire), (body, b""))
-        for length in (0, 7, 10001, 0xFFFFFFFF):
+        for length in (0, 7, 10005, 0xFFFFFFFF):
             with self.assertRaises(ProtocolViolation) as caught:
                 StartupFramer().feed(length.to_bytes(4, "big"))
             self.assertEqual(caught.exception.sqlstate, "08P01")
