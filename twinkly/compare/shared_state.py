@@ -114,37 +114,39 @@ class Monitor:
         """(fingerprint, count, statement) of the most mismatching fingerprints."""
         return [(f, c, self.statements.get(f, "")) for f, c in self.mismatches.most_common(n)]
 
-    def backend_unavailable(self, reason: str, now: float, session: int | None = None) -> None:
-        """A backend could not be reached, or was lost: that is an event too."""
+    def _emit_plain(
+        self,
+        kind: str,
+        now: float,
+        session: int | None,
+        reason: str | None,
+        statement: str | None = None,
+        **fields: object,
+    ) -> None:
+        """An event about no particular result: no fingerprint, no answers."""
         event = make_event(
-            "backend_unavailable",
+            kind,
             now=now,
             session=session,
-            statement=None,
+            statement=statement,
             fingerprint=None,
             truth=None,
             target=None,
             reason=reason,
+            **fields,  # type: ignore[arg-type]
         )
         self.emit(event)
+
+    def backend_unavailable(self, reason: str, now: float, session: int | None = None) -> None:
+        """A backend could not be reached, or was lost: that is an event too."""
+        self._emit_plain("backend_unavailable", now, session, reason)
 
     def backend_event(self, kind: str, fields: dict, now: float) -> None:
         """``backend_unavailable`` / ``backend_recovered`` from the target's breaker."""
         fields = dict(fields)
         session = fields.pop("session", None)
         reason = fields.pop("reason", None)
-        event = make_event(
-            kind,
-            now=now,
-            session=session,
-            statement=None,
-            fingerprint=None,
-            truth=None,
-            target=None,
-            reason=reason,
-            **fields,
-        )
-        self.emit(event)
+        self._emit_plain(kind, now, session, reason, **fields)
 
     def statement_cut_short(
         self, sql: str | None, reason: str, now: float, session: int | None
@@ -153,17 +155,7 @@ class Monitor:
         self.count("not_compared")
         if sql is not None and (self.settings.redact or len(sql) > 2000):
             sql = None if self.settings.redact else sql[:2000]
-        event = make_event(
-            "statement_cut_short",
-            now=now,
-            session=session,
-            statement=sql,
-            fingerprint=None,
-            truth=None,
-            target=None,
-            reason=reason,
-        )
-        self.emit(event)
+        self._emit_plain("statement_cut_short", now, session, reason, statement=sql)
 
     def count(self, outcome: str, n: int = 1) -> None:
         self.outcomes[outcome] += n
