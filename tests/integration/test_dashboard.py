@@ -374,7 +374,7 @@ def test_dashboard_shows_a_slow_statement_made_through_the_proxy(
                 conn.execute("drop table if exists dash_orders")
                 conn.execute("create table dash_orders (id int, customer int)")
                 conn.execute(
-                    "insert into dash_orders select i, i % 5000 from generate_series(1, 600000) i"
+                    "insert into dash_orders select i, i % 20000 from generate_series(1, 2000000) i"
                 )
                 conn.execute("alter table dash_orders set (parallel_workers = 0)")
         with psycopg.connect(proxy.truth_dsn, autocommit=True) as conn:
