@@ -40,7 +40,8 @@ from devtools.sandbox import HOST, PG15_BINDIR, USERS, Sandbox, Server  # noqa: 
 USER, PASSWORD, DBNAME = "twinkly", USERS["twinkly"], "app"
 # One client build for every target, so client-side cost is identical everywhere.
 PGBENCH, PSQL = str(PG15_BINDIR / "pgbench"), str(PG15_BINDIR / "psql")
-BIG_SELECT = "select g, repeat('x', 50) from generate_series(1, 1000000) g"
+BIG_SELECT = "select g, repeat('x', 50) from generate_series(1, {rows}) g"
+BIG_ROWS, FLAT_ROWS = 1_000_000, 5_000_000  # memory must not grow with the answer's size
 # "both": two pgbench at once, one per server, direct: what running every statement on both
 # servers costs this machine with a free proxy (the ceiling for Twinkly). "twinkly" runs the C
 # accelerator, "pure" the same Twinkly with TWINKLY_PURE_PYTHON=1, "workers2" the C one with
@@ -222,10 +223,10 @@ def pgbench_both(ports: tuple[int, int], mode: str, args: argparse.Namespace) ->
     return {"tps": min(r["tps"] for r in results), "error": None}
 
 
-def timed_select(port: int) -> float:
+def timed_select(port: int, rows: int = BIG_ROWS) -> float:
     """Wall time of psql fetching all rows, output thrown away (psql's own cost is on both)."""
     cmd = [PSQL, "-X", "-v", "ON_ERROR_STOP=1", "-h", HOST, "-p", str(port), "-U", USER]
-    cmd += ["-d", DBNAME, "-Atc", BIG_SELECT]
+    cmd += ["-d", DBNAME, "-Atc", BIG_SELECT.format(rows=rows)]
     t0 = time.perf_counter()
     proc = subprocess.run(
         cmd, env=client_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=600
@@ -353,6 +354,12 @@ def big_select(
     }
     for target in twinklies:
         big[target]["ratio"] = big[target]["median_s"] / big["direct"]["median_s"]
+        twinkly = twinklies[target]
+        assert twinkly.proc is not None
+        _, rss[target]["peak_5m_mb"] = peak_rss_during(
+            twinkly.proc.pid, lambda t=twinkly: timed_select(t.port, FLAT_ROWS)
+        )
+        log(f"  {target}: {FLAT_ROWS:,} rows, peak RSS {rss[target]['peak_5m_mb']:.1f} MB")
     return big, rss
 
 
@@ -395,7 +402,12 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> str:
     lines = [
         f"Twinkly benchmark ({head} {args.rounds} rounds x {args.duration}s, median TPS)",
         "targets: both = pgbench on PG 15 and PG 18 at once, direct (the lower TPS);"
-        + "".join(f" {name} = Twinkly, {impl} hot path;" for name, impl in accelerators.items()),
+        + "".join(
+            f" {name} = Twinkly at {args.baseline};"
+            if name == "baseline"
+            else f" {name} = Twinkly, {impl} hot path;"
+            for name, impl in accelerators.items()
+        ),
         f"{'mode':<9} {'target':<10} {'median TPS':>11} {'vs direct':>10} {'CPU us/txn':>11}"
         f"  {'runs':<28} goal",
     ]
@@ -432,11 +444,60 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> str:
             f"  {name:<8} {big[name]['median_s']:8.2f} s   {ratio:.2f}x direct"
             f"   goal <= {max_ratio:.1f}x  {verdict(ratio <= max_ratio)}"
             f";  RSS baseline {fmt(rss[name]['baseline_mb'], '.1f')} MB, peak {peak:.1f} MB"
-            f"   goal <= {max_peak:.0f} MB  {verdict(peak <= max_peak)}",
+            f"   goal <= {max_peak:.0f} MB  {verdict(peak <= max_peak)}"
+            f";  {FLAT_ROWS // 1_000_000}M rows: peak {rss[name]['peak_5m_mb']:.1f} MB",
         ]
     if results.get("profile"):
         lines.append(f"flamegraph: {results['profile']}")
     return "\n".join(lines)
+
+
+def optional_twinklies(
+    args: argparse.Namespace,
+    workdir: Path,
+    pg15: Server,
+    pg18: Server,
+    cleanups: list[tuple[str, Callable[[], None]]],
+) -> dict[str, Twinkly]:
+    """--untimed: the same Twinkly comparing but not timing (what timing costs);
+    --baseline REV: the Twinkly of an earlier revision, measured in the same run."""
+    started: dict[str, Twinkly] = {}
+    if args.untimed:
+        config = "comparison.report-slow-queries = false\n"
+        started["untimed"] = Twinkly(workdir / "untimed", pg15, pg18, config)
+    if args.baseline:
+        tree = baseline_tree(args.baseline, workdir / "baseline-src")
+        cleanups.append(("baseline checkout", lambda: remove_tree(tree)))
+        env = {"PYTHONPATH": str(tree)}
+        started["baseline"] = Twinkly(workdir / "baseline", pg15, pg18, env=env)
+    for name, twinkly in started.items():
+        cleanups.append((name, twinkly.stop))
+        twinkly.start()
+        for mode in MODES:
+            MODES[mode] = (*MODES[mode], name)
+        log(f"Twinkly {name} on port {twinkly.port}")
+    return started
+
+
+def baseline_tree(rev: str, tree: Path) -> Path:
+    """A checkout of ``rev`` (a git worktree of this repository), with its C extension
+    built in place when that revision has one."""
+    subprocess.run(
+        ["git", "-C", str(REPO), "worktree", "add", "--detach", "--force", str(tree), rev],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    if (tree / "setup.py").exists():
+        subprocess.run(
+            [sys.executable, "setup.py", "-q", "build_ext", "--inplace"],
+            cwd=tree, check=True, capture_output=True,
+        )  # fmt: skip
+    return tree
+
+
+def remove_tree(tree: Path) -> None:
+    subprocess.run(
+        ["git", "-C", str(REPO), "worktree", "remove", "--force", str(tree)], capture_output=True
+    )
 
 
 def kill_pidfile(pidfile: Path) -> None:
@@ -463,6 +524,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--untimed",
         action="store_true",
         help="also run a Twinkly with comparison.report-slow-queries = false (what timing costs)",
+    )
+    p.add_argument(
+        "--baseline",
+        metavar="REV",
+        help="also run the Twinkly of this git revision (checked out and built beside this one)",
     )
     p.add_argument(
         "--profile", nargs="?", const="twinkly-flamegraph.svg", metavar="SVG",
@@ -516,15 +582,7 @@ def main(argv: list[str] | None = None) -> int:
         time.sleep(2.0)  # the second worker may still be starting when the first listens
         log(f"Twinkly with 2 workers on port {workers2.port}")
         twinklies = {"twinkly": twinkly, "pure": pure, "workers2": workers2}
-        if args.untimed:  # the same, comparing but not timing: what timing costs
-            untimed = Twinkly(
-                workdir / "untimed", pg15, pg18, "comparison.report-slow-queries = false\n"
-            )
-            cleanups.append(("untimed", untimed.stop))
-            untimed.start()
-            for mode in MODES:
-                MODES[mode] = (*MODES[mode], "untimed")
-            log(f"Twinkly without timing on port {untimed.port}")
+        twinklies.update(optional_twinklies(args, workdir, pg15, pg18, cleanups))
         bouncer_port, pidfile = free_port(), workdir / "pgbouncer" / "pgbouncer.pid"
         cleanups.append(("pgbouncer", lambda: kill_pidfile(pidfile)))  # if interrupted early
         bouncer = run_pgbouncer(pg15, bouncer_port, pidfile.parent)
@@ -538,8 +596,7 @@ def main(argv: list[str] | None = None) -> int:
             "pure": pure.port,
             "workers2": workers2.port,
         }
-        if args.untimed:
-            ports["untimed"] = untimed.port
+        ports.update((name, t.port) for name, t in twinklies.items() if name not in ports)
         results = measure(args, ports, twinklies)
         elapsed = time.monotonic() - started
         settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}

@@ -9,7 +9,6 @@ from twisted.python import usage
 
 from twinkly.app.service import IServiceReactor
 from twinkly.app.wiring import WorkerPlace, build_service
-from twinkly.app.workers import build_supervisor
 from twinkly.config.schema import ConfigError, load
 
 
@@ -107,6 +106,8 @@ def makeService(options: Options, reactor: IServiceReactor | None = None) -> Mul
             place = WorkerPlace(options["worker"], options["run-dir"])
             return build_service(config, reactor, options["config"], options["manhole-port"], place)
         if config.proxy.workers > 1:
+            from twinkly.app.workers import build_supervisor  # twisted.web: only when needed
+
             return build_supervisor(config, reactor, options["config"], options.overrides())
         return build_service(config, reactor, options["config"], options["manhole-port"])
     except ConfigError as e:

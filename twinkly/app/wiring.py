@@ -26,16 +26,7 @@ from twinkly.compare.values import NormalizationRules
 from twinkly.compare.volatile import VolatileColumns
 from twinkly.config.schema import AIConfig, BackendConfig, Config, ConfigError
 from twinkly.ops.admin import AdminConsoles
-from twinkly.ops.cluster import (
-    POLL_SECONDS,
-    ClusterStatus,
-    PeerStates,
-    Workers,
-    control_site,
-    control_socket,
-)
 from twinkly.ops.live import LiveStatus
-from twinkly.ops.metrics import make_metrics
 from twinkly.ops.services import attach_operations
 from twinkly.ops.status import IStatus
 from twinkly.ops.trace import ProtocolTrace, SessionTracer
@@ -71,9 +62,14 @@ def build_service(
     tracer = build_tracer(config, reactor)
     seen: IStatus | None = None  # made once the factory exists; the console reads it
     admin = AdminConsoles(config.proxy.admin.users, lambda: seen)
-    siblings = (
-        Workers(reactor, worker.run_dir, config.proxy.workers, worker.number) if worker else None
-    )
+    # One of several workers: the others are reached through private control sockets.
+    # Imported only then: a single process never loads twisted.web and prometheus_client
+    # unless monitoring.http asks for them (a few MB of resident memory).
+    siblings = None
+    if worker is not None:
+        from twinkly.ops.cluster import Workers
+
+        siblings = Workers(reactor, worker.run_dir, config.proxy.workers, worker.number)
     factory = ProxyFactory(
         config,
         reactor,
@@ -87,12 +83,19 @@ def build_service(
     ProxyService(
         factory, reactor, comparing, tracer, reuse_port=worker is not None
     ).setServiceParent(top)
-    _, metrics = make_metrics(factory, comparing)
-    peers = PeerStates(siblings) if siblings else None
+    metrics = peers = None
+    if siblings is not None:
+        from twinkly.ops.cluster import PeerStates
+        from twinkly.ops.metrics import make_metrics
+
+        _, metrics = make_metrics(factory, comparing)
+        peers = PeerStates(siblings)
 
     def shared(status: LiveStatus) -> IStatus:
         if peers is None:
             return status
+        from twinkly.ops.cluster import ClusterStatus
+
         return ClusterStatus(status, peers, metrics, reactor.seconds())
 
     live = attach_operations(
@@ -109,7 +112,9 @@ def build_service(
         shared=shared,
     )
     seen = shared(live)
-    if worker is not None and peers is not None:
+    if worker is not None and peers is not None and metrics is not None:
+        from twinkly.ops.cluster import POLL_SECONDS, control_site, control_socket
+
         path = control_socket(worker.run_dir, worker.number)
         site = control_site(live, metrics, factory.cancel)
         internet.UNIXServer(path, site, mode=0o600, wantPID=False).setServiceParent(top)

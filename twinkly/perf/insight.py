@@ -11,17 +11,18 @@ from __future__ import annotations
 import json
 import re
 from collections import deque
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from treq.client import HTTPClient
 from twisted.internet.defer import Deferred, TimeoutError, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import PotentialDataLoss, ResponseDone
-from twisted.web.iweb import IAgent
 from zope.interface import Attribute, Interface, implementer
+
+if TYPE_CHECKING:  # treq and twisted.web are loaded only with an LLM configured
+    from treq.client import HTTPClient
+    from twisted.web.iweb import IAgent
 
 log = Logger()
 
@@ -192,6 +193,8 @@ class _Body(Protocol):
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self.done.called:
             return
+        from twisted.web.client import PotentialDataLoss, ResponseDone
+
         if reason.check(ResponseDone, PotentialDataLoss):
             self.done.callback(b"".join(self.chunks))
         else:
@@ -225,6 +228,9 @@ class LLMInsightProvider:
         redact: bool,
         clock: IReactorTime,
     ) -> None:
+        from treq.client import HTTPClient
+        from twisted.web.iweb import IAgent
+
         self._client = HTTPClient(client) if IAgent.providedBy(client) else client
         self.endpoint = endpoint
         self.model = model

@@ -160,6 +160,9 @@ class Session:
         self._pairing_logged = False
         self._pending_tap: Tap | None = None  # to attach at the next message boundary
         self._tap_in: Tap | None = None
+        self._side_connections: (
+            tuple[BackendProtocol, tuple[SideConnection, SideConnection]] | None
+        ) = None
         self.closed = False
         self.bytes_from_client = 0
         self.bytes_to_client = 0
@@ -239,12 +242,17 @@ class Session:
 
     def side_connections(self) -> tuple[SideConnection, SideConnection] | None:
         """How to log in to both backends as this session did (for EXPLAIN)."""
-        if self.target is None:
+        target = self.target
+        if target is None:
             return None
-        return (
-            SideConnection(self.truth.config, self.truth.parameters),
-            SideConnection(self.target.config, self.target.parameters),
-        )
+        made = self._side_connections  # asked after every statement: made once per target
+        if made is None or made[0] is not target:
+            sides = (
+                SideConnection(self.truth.config, self.truth.parameters),
+                SideConnection(target.config, target.parameters),
+            )
+            self._side_connections = made = (target, sides)
+        return made[1]
 
     def at_message_boundary(self) -> bool:
         """Every stream of the session is between two messages (a trace may start)."""
