@@ -95,6 +95,9 @@ class ProxyConfig:
     # the maximum), not once per session: see twinkly/proxy/breaker.py.
     target_retry_initial: float = 1.0
     target_retry_max: float = 30.0
+    # A client kept waiting on its target this long without a break has the target
+    # dropped (a lock cycle across the two databases): see twinkly/proxy/stall.py.
+    target_stall_timeout: float = 15.0
 
 
 @dataclass(frozen=True)
@@ -332,6 +335,7 @@ def _proxy(section: Section) -> ProxyConfig:
         max_startup_connections=section.integer("max-startup-connections", 256, 1, 1_000_000),
         target_retry_initial=section.seconds("target-retry-initial", 1.0),
         target_retry_max=section.seconds("target-retry-max", 30.0),
+        target_stall_timeout=section.seconds("target-stall-timeout", 15.0),
     )
     if config.client_login_timeout <= 0:
         raise ConfigError("proxy.client-login-timeout: must be more than 0")

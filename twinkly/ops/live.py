@@ -58,6 +58,7 @@ _NEW_SESSIONS = (
     "proxy.client-login-timeout",
     "proxy.max-client-connections",
     "proxy.max-startup-connections",
+    "proxy.target-stall-timeout",
 )
 
 

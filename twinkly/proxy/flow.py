@@ -17,12 +17,16 @@ class PauseGate:
     """Pauses a producer while any named reason holds, resumes when none does."""
 
     def __init__(
-        self, producer: IPushProducer, on_change: Callable[[bool], None] | None = None
+        self,
+        producer: IPushProducer,
+        on_change: Callable[[bool], None] | None = None,
+        on_reason: Callable[[str, bool], None] | None = None,
     ) -> None:
         self._producer = producer
         self._reasons: set[str] = set()
         self.pauses = 0
         self.on_change = on_change  # told paused (True) / resumed (False)
+        self.on_reason = on_reason  # told each reason as it begins (True) or ends (False)
 
     def pause(self, reason: str) -> None:
         if reason in self._reasons:
@@ -33,11 +37,15 @@ class PauseGate:
             if self.on_change is not None:
                 self.on_change(True)
         self._reasons.add(reason)
+        if self.on_reason is not None:
+            self.on_reason(reason, True)
 
     def resume(self, reason: str) -> None:
         if reason not in self._reasons:
             return
         self._reasons.discard(reason)
+        if self.on_reason is not None:
+            self.on_reason(reason, False)
         if not self._reasons:
             self._producer.resumeProducing()
             if self.on_change is not None:

@@ -43,6 +43,7 @@ from twinkly.proxy.lag import LagControl
 from twinkly.proxy.rollback import commit_becomes_rollback
 from twinkly.proxy.routing import QueryRouting, Router
 from twinkly.proxy.sockets import immediate_writer
+from twinkly.proxy.stall import StallWatch, drop_stalled_target
 from twinkly.proxy.tap import Tap, tee
 from twinkly.proxy.transports import IStreamTransport, stream_of
 from twinkly.proxy.verdicts import VerdictQueue
@@ -110,8 +111,12 @@ class Session:
         self.analyze = comparison.analyze if comparison is not None else None
         self.contexts = ClientContexts() if comparison is not None else None
         self._seq = 0  # client messages that owe a response, numbered
-        self.gate = PauseGate(client_transport)
-        self.truth_gate = PauseGate(stream_of(truth), on_change=self._truth_paused)
+        self.stall = StallWatch(clock, config.proxy.target_stall_timeout, self._target_stalled)
+        self.gate = PauseGate(client_transport, on_reason=self.stall.changed)
+        self.truth_gate = PauseGate(
+            stream_of(truth), on_change=self._truth_paused, on_reason=self.stall.changed
+        )
+        self._target_dropped: str | None = None  # why Twinkly itself let the target go
         self.enforcer: Enforcer | None = None
         self._verdicts: VerdictQueue | None = None
         pairer_observer = self._policies(comparison, observer_factory)
@@ -522,13 +527,19 @@ class Session:
             )
             self.target = None
             why = f"the target {backend.config.describe()} closed the connection"
-            if self.on_target_lost is not None:
+            if self._target_dropped is not None:
+                why = self._target_dropped  # reported when dropped, not as an outage
+            elif self.on_target_lost is not None:
                 self.on_target_lost(why, self.session_id)
             elif self._comparison is not None:
                 self._comparison.backend_unavailable(why, self._now(), self.session_id)
             self.pairer.abandon(why)
             self.gate.resume("target-buffer")
             self.gate.resume("target-lag")
+
+    def _target_stalled(self, waited: float) -> None:
+        if not self.closed and self.target is not None:
+            self._target_dropped = drop_stalled_target(self, self.target, waited, self._comparison)
 
     def close(self, client_terminated: bool = False, why: str = "the client left") -> None:
         """Close the client and both backends (idempotent). Backends get a Terminate
@@ -537,6 +548,7 @@ class Session:
         if self.closed:
             return
         self.closed = True
+        self.stall.stop()
         self.gate.resume("target-lag")
         if not client_terminated:
             cancel_executing(self, why, self.send_cancel)

@@ -30,6 +30,7 @@ KINDS = (
     "backend_unavailable",
     "backend_recovered",  # a backend that was unavailable answers again
     "statement_cut_short",  # cancelled because its client or the truth went away: not compared
+    "target_stalled",  # the target kept a client waiting too long: dropped for that session
     "slow_query",  # the target was slower by the configured ratio and margin
     "fingerprint_regression",  # a fingerprint's median got slower on the target
     "insight",  # an explanation that came later (an LLM's), linked by "event"
