@@ -15,7 +15,6 @@ import itertools
 import json
 import random
 import socket
-import struct
 import subprocess
 import sys
 import threading
@@ -32,12 +31,13 @@ from faultkit import (  # noqa: E402
     FAULT_PROXY_CONFIG,
     client_backends,
     fds,
+    kill_mid_stream,
     rss_mb,
     start_server,
     stop_server,
     wait_no_backends,
 )
-from pgwire import RawClient, free_port, query_message  # noqa: E402
+from pgwire import free_port  # noqa: E402
 from proxyproc import start_proxy_process  # noqa: E402
 
 from devtools.sandbox import Sandbox  # noqa: E402
@@ -154,14 +154,7 @@ def fault_target_restart(servers, _: int) -> str:
 
 
 def fault_client_killed(proxy) -> str:
-    client = RawClient("127.0.0.1", proxy.port)
-    client.startup("twinkly", "app", "twinkly-pw", application_name="soak-victim")
-    client.send(query_message("select g, repeat('x', 40) from generate_series(1, 3000000) g"))
-    got = 0
-    while got < 1 << 20:
-        got += len(client.sock.recv(65536))
-    client.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    client.close()
+    kill_mid_stream(proxy.port, "soak-victim")
     return "killed a client mid-stream of a 3M-row SELECT"
 
 

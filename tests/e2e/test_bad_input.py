@@ -162,8 +162,7 @@ def test_client_vanishing_closes_both_backends(proxy, bystander, both_equal, sta
         assert time.monotonic() < deadline, "the session never reached both servers"
         time.sleep(0.05)
     # Vanish: no Terminate message, and RST instead of FIN.
-    client.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    client.close()
+    client.abort()
     wait_until_gone(proxy, application)
     # Nothing the vanished client did in its transaction survives, and no lock is left.
     for dsn in (proxy.truth_dsn, proxy.target_dsn):
@@ -209,7 +208,6 @@ def test_client_leaving_during_startup_leaves_no_backend(proxy, bystander, when:
             assert client.sock.recv(1) == b"N"
         client.send(startup_packet({"user": "twinkly", "database": "app",
                                     "application_name": application}))  # fmt: skip
-        client.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        client.close()
+        client.abort()
     time.sleep(0.5)  # let the backends finish their logins
     wait_until_gone(proxy, application)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from pgwire import RawClient, query_message
 
 from devtools import sandbox as sb
 from devtools.sandbox import Sandbox, Server
@@ -59,6 +60,17 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(0.05)
+
+
+def kill_mid_stream(port: int, application: str) -> None:
+    """A client that vanishes 1 MB into a 3M-row answer the truth is still streaming."""
+    client = RawClient("127.0.0.1", port)
+    client.startup("twinkly", "app", "twinkly-pw", application_name=application)
+    client.send(query_message("select g, repeat('x', 40) from generate_series(1, 3000000) g"))
+    got = 0
+    while got < 1 << 20:
+        got += len(client.sock.recv(65536))
+    client.abort()
 
 
 def wait_no_backends(servers: tuple[Server, ...], timeout: float = 10.0) -> None:

@@ -3,15 +3,13 @@ client killed mid-stream, a slow client on a large result."""
 
 from __future__ import annotations
 
-import socket
-import struct
 import threading
 import time
 import uuid
 
 import psycopg
 import pytest
-from faultkit import backends_named, events, rss_mb, terminate, wait_for
+from faultkit import backends_named, events, kill_mid_stream, rss_mb, terminate, wait_for
 from pgwire import RawClient, query_message
 
 SLEEP = 1.5  # seconds the victim statement runs
@@ -86,15 +84,7 @@ def test_client_killed_mid_stream(clean, servers) -> None:
     """A client that vanishes during a 3M-row answer: both backends stop at once
     (cancelled), instead of running the statement out; reported as cut short."""
     application = f"faults-{uuid.uuid4().hex[:10]}"
-    client = RawClient("127.0.0.1", clean.port)
-    client.startup("twinkly", "app", "twinkly-pw", application_name=application)
-    client.send(query_message("select g, repeat('x', 40) from generate_series(1, 3000000) g"))
-    got = 0
-    while got < 1 << 20:
-        got += len(client.sock.recv(65536))
-    # Abort: RST, as a killed process's socket would be after unread data.
-    client.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    client.close()
+    kill_mid_stream(clean.port, application)  # RST, as a killed process's socket gives
     gone = time.monotonic()
     for server in servers:
         wait_for(
@@ -122,5 +112,4 @@ def test_slow_client_large_result_keeps_rss_bounded(clean, servers) -> None:
         time.sleep(0.01)
         peak = max(peak, rss_mb(clean.pid))
     assert peak - before < 40, f"RSS grew from {before:.0f} to {peak:.0f} MB"
-    client.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    client.close()
+    client.abort()

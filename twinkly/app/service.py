@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import gc
 import socket
 from typing import Any
@@ -185,11 +184,8 @@ def release_freed_memory() -> bool:
     imports' temporaries): glibc keeps freed heap pages, about 1 MB of resident memory
     here. Returns whether that could be done (glibc's malloc_trim exists)."""
     gc.collect()
-    name = ctypes.util.find_library("c")
-    try:
-        trim = ctypes.CDLL(name).malloc_trim if name else None
-    except (OSError, AttributeError):
-        trim = None
+    # The process's own symbols: glibc's, without a library search (ldconfig) first.
+    trim = getattr(ctypes.CDLL(None), "malloc_trim", None)
     if trim is None:
         return False
     trim(0)

@@ -3,6 +3,8 @@ session whose backends still execute (cancel, then drain). No reactor runs."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from twisted.internet import defer
 from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import MemoryReactorClock
@@ -45,6 +47,16 @@ class Harness:
 
     def kinds(self) -> list[str]:
         return [e["kind"] for e in self.sink.events]
+
+    def logging_in(self) -> tuple[Any, TCPStringTransport, defer.Deferred]:
+        """A client that sent its start-up; its backends open when ``opening`` fires."""
+        client = self.factory.buildProtocol(None)
+        transport = TCPStringTransport()
+        client.makeConnection(transport)
+        opening: defer.Deferred = defer.Deferred()
+        self.factory.open_backends = lambda parameters, opened: opening  # type: ignore[method-assign]
+        client.dataReceived(f.StartupMessage({"user": "alice"}).encode())
+        return client, transport, opening
 
 
 def refused(label: str) -> BackendError:
@@ -124,12 +136,7 @@ class DegradedOpeningTests(SynchronousTestCase):
 class TruthOnlySessionTests(SynchronousTestCase):
     def test_session_serves_and_counts_not_compared(self) -> None:
         h = Harness()
-        client = h.factory.buildProtocol(None)
-        transport = TCPStringTransport()
-        client.makeConnection(transport)
-        opening: defer.Deferred = defer.Deferred()
-        h.factory.open_backends = lambda parameters, opened: opening  # type: ignore[method-assign]
-        client.dataReceived(f.StartupMessage({"user": "alice"}).encode())
+        client, transport, opening = h.logging_in()
         truth = ready_backend(h.config.truth)
         h.factory.breaker.failed("down")
         opening.callback((truth, None))
@@ -151,12 +158,7 @@ class TruthOnlySessionTests(SynchronousTestCase):
 class CancelOnEndTests(SynchronousTestCase):
     def start(self) -> tuple[Harness, object, object, object, list]:
         h = Harness()
-        client = h.factory.buildProtocol(None)
-        transport = TCPStringTransport()
-        client.makeConnection(transport)
-        opening: defer.Deferred = defer.Deferred()
-        h.factory.open_backends = lambda parameters, opened: opening  # type: ignore[method-assign]
-        client.dataReceived(f.StartupMessage({"user": "alice"}).encode())
+        client, _, opening = h.logging_in()
         truth, target = ready_backend(h.config.truth), ready_backend(h.config.target)
         from twinkly.proxy import client as client_module
 
