@@ -1,7 +1,8 @@
 """Builds the optional C accelerator; every other piece of metadata is in setup.cfg.
 
 ``optional=True``: without a working compiler (or Python headers) the build says so and
-goes on, and Twinkly runs its pure-Python implementation (twinkly/wire/accel.py).
+goes on, and Twinkly runs its pure-Python implementation (twinkly/wire/accel.py,
+twinkly/tracking/python_tracker.py).
 """
 
 from setuptools import Extension, setup
@@ -13,6 +14,12 @@ setup(
             sources=["twinkly/wire/_accel.c"],
             extra_compile_args=["-O2"],
             optional=True,
-        )
+        ),
+        Extension(
+            "twinkly.tracking._tracker",
+            sources=["twinkly/tracking/_tracker.c"],
+            extra_compile_args=["-O2"],
+            optional=True,
+        ),
     ]
 )

@@ -18,6 +18,7 @@ from twisted.python.failure import Failure
 from twinkly.proxy.client import fatal
 from twinkly.proxy.factory import ProxyFactory
 from twinkly.proxy.sockets import direct_dispatch
+from twinkly.tracking import responses
 from twinkly.wire import accel
 
 log = Logger()
@@ -55,10 +56,11 @@ class ProxyService(Service):
         super().startService()
         direct = direct_dispatch(self.reactor)
         log.info(
-            "hot path: {accelerator} implementation of twinkly.wire.accel{why};"
-            " reactor events dispatched {dispatch}",
+            "hot path: {accelerator} implementation of twinkly.wire.accel{why},"
+            " {tracker} response tracker; reactor events dispatched {dispatch}",
             accelerator="C" if accel.IMPLEMENTATION == "c" else "pure-Python",
             why=accel.reason(),
+            tracker="C" if responses.IMPLEMENTATION == "c" else "pure-Python",
             dispatch="directly" if direct else "through Twisted's log context",
         )
         proxy = self.factory.config.proxy

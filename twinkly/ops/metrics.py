@@ -21,6 +21,7 @@ from prometheus_client.core import (
 
 from twinkly.perf.latency import LatencyHistogram
 from twinkly.proxy.session import session_counters
+from twinkly.tracking import responses
 from twinkly.wire import accel
 
 # Upper bounds of the latency histograms' buckets, in seconds.
@@ -40,10 +41,11 @@ class ProxyCollector:
         live = [session for _, session in factory.sessions.values()]
         build = GaugeMetricFamily(
             "twinkly_build_info",
-            "Always 1; accelerator says which hot-path implementation runs (c or python).",
-            labels=["accelerator"],
+            "Always 1; accelerator and tracker say which hot-path implementation runs"
+            " (c or python).",
+            labels=["accelerator", "tracker"],
         )
-        build.add_metric([accel.IMPLEMENTATION], 1)
+        build.add_metric([accel.IMPLEMENTATION, responses.IMPLEMENTATION], 1)
         yield build
         yield GaugeMetricFamily("twinkly_sessions", "Client sessions open now.", len(live))
         yield CounterMetricFamily(

@@ -61,10 +61,12 @@ class MetricsTests(SynchronousTestCase):
         self.assertEqual(samples[("twinkly_backpressure_pauses_total", (("paused", "truth"),))], 4)
 
     def test_build_info_names_the_accelerator(self) -> None:
+        from twinkly.tracking import responses
         from twinkly.wire import accel
 
         samples = self.scrape(FakeFactory())
-        key = ("twinkly_build_info", (("accelerator", accel.IMPLEMENTATION),))
+        labels = (("accelerator", accel.IMPLEMENTATION), ("tracker", responses.IMPLEMENTATION))
+        key = ("twinkly_build_info", labels)
         self.assertEqual(samples[key], 1)
 
     def test_latency_histograms_per_backend(self) -> None:

@@ -1,11 +1,16 @@
-"""ResponseTracker: one backend's stream of framed messages -> statement results and sync points."""
+"""ResponseTracker: one backend's stream of framed messages -> statement results and sync points.
+
+Every case runs on both implementations, the Python reference and the C tracker (its
+classes are skipped when the extension was not built)."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
 from twinkly.tracking import responses as r
-from twinkly.tracking.responses import ResponseTracker, StatementResult, SyncPoint
 from twinkly.wire import backend as b
 from twinkly.wire.framing import MessageFramer
 from twinkly.wire.frontend import encode
@@ -42,11 +47,23 @@ class FakeClock:
         return self.now
 
 
-class TrackerTestCase(SynchronousTestCase):
+class Implementation:
+    """Which tracker a case runs on: ``impl`` is ``responses.PYTHON`` or ``responses.C``."""
+
+    impl: Any
+
+    def tracker_for(self, emit: Callable[[Any], None], clock: Callable[[], float]) -> Any:
+        return self.impl.ResponseTracker(emit, clock)
+
+    def is_result(self, item: object) -> bool:
+        return isinstance(item, self.impl.StatementResult)
+
+
+class TrackerCases(Implementation):
     def setUp(self) -> None:
         self.clock = FakeClock()
         self.items: list[r.Item] = []
-        self.tracker = ResponseTracker(self.items.append, self.clock)
+        self.tracker = self.tracker_for(self.items.append, self.clock)
         self.framer = MessageFramer()
         self.seq = 0
 
@@ -66,18 +83,18 @@ class TrackerTestCase(SynchronousTestCase):
         """What was emitted, in a compact comparable form."""
         out: list[tuple] = []
         for item in self.items:
-            if isinstance(item, SyncPoint):
+            if isinstance(item, self.impl.SyncPoint):
                 out.append(("sync", item.status))
             else:
                 what = item.command_tag if item.error is None else f"ERROR {item.sqlstate}"
                 out.append((item.request, item.rows, what))
         return out
 
-    def results(self) -> list[StatementResult]:
-        return [i for i in self.items if isinstance(i, StatementResult)]
+    def results(self) -> list[Any]:
+        return [i for i in self.items if self.is_result(i)]
 
 
-class SimpleQueryTests(TrackerTestCase):
+class SimpleQueryCases(TrackerCases):
     def test_one_select(self) -> None:
         self.expect(r.QUERY)
         self.feed(COLUMNS, row(b"1", b"a"), row(b"2", None), done("SELECT 2"), ready("I"))
@@ -154,7 +171,7 @@ class SimpleQueryTests(TrackerTestCase):
         self.feed(b.FunctionCallResponse(b"42"), ready())
         self.assertEqual(self.shape(), [(r.FUNCTION_CALL, 1, None), ("sync", "I")])
         self.assertEqual(self.items[0].elapsed, 2.0)
-        other = ResponseTracker(self.items.append, self.clock)
+        other = self.tracker_for(self.items.append, self.clock)
         other.expect(r.FUNCTION_CALL, 0.0)
         other.feed(framed(b.FunctionCallResponse(b"43"), ready()))
         self.assertNotEqual(self.items[0].digest, self.items[2].digest)
@@ -209,7 +226,7 @@ class SimpleQueryTests(TrackerTestCase):
         self.assertEqual(self.tracker.lost_track, first)
 
 
-class ExtendedProtocolTests(TrackerTestCase):
+class ExtendedProtocolCases(TrackerCases):
     def test_parse_bind_describe_execute_sync(self) -> None:
         self.expect(r.PARSE, r.BIND, r.DESCRIBE_PORTAL, r.EXECUTE, r.SYNC)
         self.assertEqual(self.tracker.owed, 5)
@@ -335,7 +352,7 @@ class ExtendedProtocolTests(TrackerTestCase):
             self.assertEqual(r.expectation_for(type_byte[0], payload), kind, type_byte)
 
 
-class CopyTests(TrackerTestCase):
+class CopyCases(TrackerCases):
     def test_copy_from_stdin(self) -> None:
         calls: list[bool] = []
         self.tracker.on_copy_in = lambda: calls.append(self.tracker.copy_in)
@@ -404,14 +421,14 @@ class CopyTests(TrackerTestCase):
         self.assertEqual(self.shape()[1:], [(r.EXECUTE, 1, "COPY 1"), ("sync", "I")])
 
 
-class DigestTests(SynchronousTestCase):
-    def run_query(self, rows: list[b.DataRow]) -> StatementResult:
+class DigestCases(Implementation):
+    def run_query(self, rows: list[b.DataRow]) -> Any:
         items: list[r.Item] = []
-        tracker = ResponseTracker(items.append, FakeClock())
+        tracker = self.tracker_for(items.append, FakeClock())
         tracker.expect(r.QUERY, 0.0)
         tracker.feed(framed(COLUMNS, *rows, done(f"SELECT {len(rows)}"), ready()))
         result = items[0]
-        assert isinstance(result, StatementResult)
+        assert self.is_result(result)
         return result
 
     def test_same_rows_in_another_order(self) -> None:
@@ -425,7 +442,7 @@ class DigestTests(SynchronousTestCase):
     def test_execute_without_header_digests_like_a_query(self) -> None:
         rows = [row(b"1", b"a"), row(b"2", b"b")]
         items: list[r.Item] = []
-        tracker = ResponseTracker(items.append, FakeClock())
+        tracker = self.tracker_for(items.append, FakeClock())
         tracker.expect(r.EXECUTE, 0.0)
         tracker.feed(framed(*rows, done("SELECT 2")))
         self.assertEqual(items[0].digest, self.run_query(rows[::-1]).digest)
@@ -445,7 +462,7 @@ class DigestTests(SynchronousTestCase):
             self.assertNotEqual(other.digest, base.digest, rows)
 
 
-class ReceiveTests(TrackerTestCase):
+class ReceiveCases(TrackerCases):
     """``receive``: the fused framing and row counting of the hot path."""
 
     def test_one_byte_at_a_time_equals_one_read(self) -> None:
@@ -455,7 +472,7 @@ class ReceiveTests(TrackerTestCase):
         for i in range(len(data)):
             self.tracker.receive(self.framer, data[i : i + 1])
         other_items: list[r.Item] = []
-        other = ResponseTracker(other_items.append, self.clock)
+        other = self.tracker_for(other_items.append, self.clock)
         other.expect(r.QUERY, 0.0, 1)
         other.receive(MessageFramer(), data)
         self.assertEqual(self.shape(), [(r.QUERY, 50, "SELECT 50"), ("sync", "I")])
@@ -470,11 +487,11 @@ class ReceiveTests(TrackerTestCase):
             self.tracker.receive(MessageFramer(1024), b"D\x00\x01\x00\x00")
 
 
-class TimingTests(TrackerTestCase):
+class TimingCases(TrackerCases):
     """What a result's time means: the server's work on it, or nothing (``timed``)."""
 
-    def results(self) -> list[StatementResult]:
-        return [i for i in self.items if isinstance(i, StatementResult)]
+    def results(self) -> list[Any]:
+        return [i for i in self.items if self.is_result(i)]
 
     def test_a_statement_queued_behind_another_starts_when_the_backend_is_free(self) -> None:
         self.expect(r.QUERY)
@@ -562,34 +579,100 @@ class TimingTests(TrackerTestCase):
 
 class ImplementationParityTests(SynchronousTestCase):
     """``receive`` gives the same results, digests and samples whichever implementation
-    of twinkly.wire.accel counts the rows (C or pure Python)."""
+    tracks (the C tracker, or the Python one counting rows with C or Python)."""
 
-    def track(self, impl: object, data: bytes, chunk: int, sample_rows: int) -> list[tuple]:
-        self.patch(r, "_scan_rows", impl.scan_rows)  # type: ignore[attr-defined]
+    def track(self, tracker_impl: Any, data: bytes, chunk: int, sample_rows: int) -> list[tuple]:
         items: list[r.Item] = []
-        tracker = ResponseTracker(items.append, FakeClock())
+        tracker = tracker_impl.ResponseTracker(items.append, FakeClock())
         tracker.sample_rows = sample_rows
         tracker.expect(r.QUERY, 0.0, 1, ("select", None, ()))
         framer = MessageFramer()
         for start in range(0, len(data), chunk):
             tracker.receive(framer, data[start : start + chunk])
         return [
-            (i.rows, i.digest, i.sample, i.tag) if isinstance(i, StatementResult) else i.status
+            (i.rows, i.digest, i.sample, i.tag, i.end) if hasattr(i, "rows") else (i.status, i.end)
             for i in items
         ]
 
     def test_c_and_python_agree(self) -> None:
+        from twinkly.tracking import python_tracker
         from twinkly.wire import accel
 
-        if accel.C is None:
-            raise self.skipTest("the C extension was not built")
+        if accel.C is None or r.C is None:
+            raise self.skipTest("the C extensions were not built")
         rows = [row(str(i).encode(), b"x" * (i % 13)) for i in range(300)]
         data = b"".join(
             encode(m) for m in (COLUMNS, *rows, done("SELECT 300"), COLUMNS, done("SELECT 0"))
         ) + encode(ready())
         for chunk in (1, 7, 64, 1000, len(data)):
             for sample_rows in (0, 10, 1000):
-                python = self.track(accel.PYTHON, data, chunk, sample_rows)
-                self.assertEqual(self.track(accel.C, data, chunk, sample_rows), python)
+                self.patch(python_tracker, "_scan_rows", accel.PYTHON.scan_rows)
+                python = self.track(r.PYTHON, data, chunk, sample_rows)
+                self.patch(python_tracker, "_scan_rows", accel.C.scan_rows)
+                self.assertEqual(self.track(r.PYTHON, data, chunk, sample_rows), python)
+                self.assertEqual(self.track(r.C, data, chunk, sample_rows), python)
                 digest = sum(hash(encode(m)[5:]) for m in rows) & ((1 << 64) - 1)
                 self.assertEqual(python[0][:2], (300, digest))
+
+
+def _on_both(cases: type) -> tuple[type, type]:
+    """A test class per implementation of ``cases``."""
+    name = cases.__name__.removesuffix("Cases")
+    python = type(f"Python{name}Tests", (cases, SynchronousTestCase), {"impl": r.PYTHON})
+    c_attrs: dict[str, Any] = {"impl": r.C}
+    if r.C is None:
+        c_attrs["skip"] = "the C extension twinkly.tracking._tracker was not built"
+    return python, type(f"C{name}Tests", (cases, SynchronousTestCase), c_attrs)
+
+
+PythonSimpleQueryTests, CSimpleQueryTests = _on_both(SimpleQueryCases)
+PythonExtendedProtocolTests, CExtendedProtocolTests = _on_both(ExtendedProtocolCases)
+PythonCopyTests, CCopyTests = _on_both(CopyCases)
+PythonDigestTests, CDigestTests = _on_both(DigestCases)
+PythonReceiveTests, CReceiveTests = _on_both(ReceiveCases)
+PythonTimingTests, CTimingTests = _on_both(TimingCases)
+
+
+class TrackerSelectionTests(SynchronousTestCase):
+    """The C tracker runs when the C accelerator does; otherwise the Python one."""
+
+    def implementation(self, prelude: str = "", **env: str) -> str:
+        import os
+        import subprocess
+        import sys
+        from pathlib import Path
+
+        environment = {k: v for k, v in os.environ.items() if k != "TWINKLY_PURE_PYTHON"}
+        environment.update(env, PYTHONPATH=str(Path(__file__).resolve().parents[3]))
+        code = prelude + (
+            "from twinkly.tracking import responses as r\n"
+            "print(r.IMPLEMENTATION, r.ResponseTracker.__module__, r.StatementResult.__name__)"
+        )
+        return subprocess.run(
+            [sys.executable, "-c", code], env=environment, capture_output=True, text=True,
+            check=True, timeout=60,
+        ).stdout.strip()  # fmt: skip
+
+    def test_pure_python_when_forced(self) -> None:
+        self.assertEqual(
+            self.implementation(TWINKLY_PURE_PYTHON="1"),
+            "python twinkly.tracking.python_tracker StatementResult",
+        )
+
+    def test_pure_python_without_the_extension(self) -> None:
+        block = (
+            "import sys\n"
+            "class NoTracker:\n"
+            "    def find_spec(self, name, path=None, target=None):\n"
+            "        if name == 'twinkly.tracking._tracker':\n"
+            "            raise ImportError('not built')\n"
+            "sys.meta_path.insert(0, NoTracker())\n"
+        )
+        self.assertEqual(
+            self.implementation(block), "python twinkly.tracking.python_tracker StatementResult"
+        )
+
+    def test_c_when_built(self) -> None:
+        if r.C is None:
+            raise self.skipTest("the C extension twinkly.tracking._tracker was not built")
+        self.assertEqual(self.implementation(), "c twinkly.tracking._tracker CStatementResult")
