@@ -85,8 +85,10 @@ kind_of(PyObject *name)
     for (int k = 0; k < K_COUNT; k++)
         if (name == kind_strs[k])
             return k;
+    if (!PyUnicode_Check(name))
+        return -1;
     for (int k = 0; k < K_COUNT; k++)
-        if (PyUnicode_Check(name) && PyUnicode_CompareWithASCIIString(name, kind_names[k]) == 0)
+        if (PyUnicode_CompareWithASCIIString(name, kind_names[k]) == 0)
             return k;
     return -1;  /* a request this tracker never owes (a test's own label) */
 }
@@ -912,14 +914,6 @@ tracker_owed_contexts(Tracker *t, PyObject *unused)
     return out;
 }
 
-static PyObject *
-tracker_lose_track(Tracker *t, PyObject *why)
-{
-    Py_INCREF(why);
-    lose_track(t, why);
-    Py_RETURN_NONE;
-}
-
 static int
 tracker_init(Tracker *t, PyObject *args, PyObject *kwds)
 {
@@ -1026,7 +1020,6 @@ static PyMethodDef tracker_methods[] = {
     {"sent", (PyCFunction)tracker_sent, METH_O, "sent(now): held client messages went out now"},
     {"owed_contexts", (PyCFunction)tracker_owed_contexts, METH_NOARGS,
      "the contexts of the statements still owed, oldest first"},
-    {"_lose_track", (PyCFunction)tracker_lose_track, METH_O, "stop trusting the stream"},
     {NULL},
 };
 
