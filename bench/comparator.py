@@ -47,7 +47,7 @@ def pairs(count: int, extended: bool) -> list[tuple[StatementResult, StatementRe
 def per_statement(count: int, extended: bool, timing: bool) -> float:
     settings = ComparisonSettings(slow=SlowQuerySettings(enabled=timing))
     monitor = Monitor(settings, MemorySink(), ("pg15", "pg18"))
-    comparator = Comparator(monitor, 1, time.time)
+    comparator = Comparator(monitor, None, None, time.time)
     if not timing:
         comparator._time = lambda truth, target: None  # type: ignore[method-assign]
     work = pairs(count, extended)

@@ -20,7 +20,7 @@ from zope.interface import implementer
 from twinkly.compare.rows import Ordering, compare_columns, compare_rows
 from twinkly.compare.shared_state import Monitor
 from twinkly.compare.values import decode_columns
-from twinkly.compare.volatile import learn
+from twinkly.compare.volatile import learn, teaches
 from twinkly.interfaces import IPairObserver, ISessionFacts, IVerdictListener
 from twinkly.perf.latency import NOTHING
 from twinkly.perf.timing import (
@@ -98,12 +98,12 @@ class Comparator:
             monitor.count("sampled_out")
             return
         self._judge(truth, target)
-        if monitor.volatile is not None:
+        if monitor.volatile is not None and truth.error is None and teaches(truth.tag):
             learn(monitor.volatile, truth, target, lambda: self._info(truth), self._truth_side(),
                   self.session_id)  # fmt: skip
         if (
             truth.request in TIMED
-            and (settings.slow.enabled or settings.fail_on_slow_queries)
+            and settings.timing
             and truth.error is None
             and target.error is None
             and truth.timed

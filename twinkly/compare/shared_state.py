@@ -56,6 +56,11 @@ class ComparisonSettings:
     redact: bool = False
     slow: SlowQuerySettings = field(default_factory=SlowQuerySettings)
     fail_on_slow_queries: bool = False
+    # Whether statements are timed at all: asked for every statement, so kept as a field.
+    timing: bool = field(init=False, default=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "timing", self.slow.enabled or self.fail_on_slow_queries)
 
     def excluded(self, sql: str) -> bool:
         return any(p.search(sql) for p in self.exclude_patterns)

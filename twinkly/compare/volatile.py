@@ -396,6 +396,15 @@ _WRITE_TARGET = re.compile(
 _HINT_WORDS = "|".join(sorted(VOLATILE_FUNCTIONS | {"today", "tomorrow", "yesterday"}))
 _VOLATILE_HINTS = re.compile(rf"\b(?:{_HINT_WORDS})\b", re.IGNORECASE)
 _DDL_TAGS = frozenset((b"ALTER", b"CREATE", b"DROP"))
+_TEACHING_TAGS = _WRITE_TAGS | _DDL_TAGS
+
+
+def teaches(tag: bytes | None) -> bool:
+    """Whether a result with this command tag can teach the write history (a write or
+    DDL): asked for every statement, so a read costs one prefix check."""
+    if not tag or tag.startswith(b"SELECT"):
+        return False
+    return tag.split(b" ", 1)[0] in _TEACHING_TAGS
 
 
 def learn(

@@ -3,9 +3,10 @@
 Every statement's live execution on each backend is timed by its ResponseTracker (from
 the moment it could start there to its CommandComplete or ErrorResponse); nothing is
 ever run again to be timed. The timings go into fixed logarithmic histograms, eight
-buckets per doubling (quantiles within about 5 %), kept sparse: a fingerprint whose
-timings cluster costs a handful of dict entries, and the number of fingerprints is
-capped (least recently seen dropped first), so memory stays bounded whatever the load.
+buckets per doubling (quantiles within about 5 %), kept over the range of buckets seen
+(C) or sparse (Python): a fingerprint whose timings cluster costs a few hundred bytes,
+and the number of fingerprints is capped (least recently seen dropped first), so memory
+stays bounded whatever the load.
 """
 
 from __future__ import annotations
@@ -14,11 +15,9 @@ import math
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from twinkly.wire.accel import bucket_of
+from twinkly.wire.accel import Histogram, record_pair
 
 BUCKETS_PER_DOUBLING = 8  # bucket_of (twinkly/wire/accel.py, C or Python) assumes 8
-_SCALE = BUCKETS_PER_DOUBLING / math.log(2)
-_MICROSECOND = 1e-6
 
 
 @dataclass(frozen=True)
@@ -34,45 +33,13 @@ class SlowQuerySettings:
         return target >= truth * self.ratio and target - truth >= self.min_seconds
 
 
-class LatencyHistogram:
+class LatencyHistogram(Histogram):  # type: ignore[misc, valid-type]
     """Counts of timings in logarithmic buckets: bucket ``i`` holds values in
-    ``[2**(i/8), 2**((i+1)/8))`` microseconds."""
+    ``[2**(i/8), 2**((i+1)/8))`` microseconds. The counting (``add``, ``record``,
+    ``quantile``, ``buckets``, ``count``, ``total``, ``max``) is twinkly.wire.accel's
+    ``Histogram``, in C when built."""
 
-    __slots__ = ("buckets", "count", "max", "total")
-
-    def __init__(self) -> None:
-        self.buckets: dict[int, int] = {}
-        self.count = 0
-        self.total = 0.0
-        self.max = 0.0
-
-    def record(self, seconds: float) -> None:
-        self.add(bucket_of(seconds), seconds)
-
-    def add(self, index: int, seconds: float) -> None:
-        """Record a timing whose bucket is already known (see bucket_of)."""
-        buckets = self.buckets
-        buckets[index] = buckets.get(index, 0) + 1
-        self.count += 1
-        self.total += seconds
-        if seconds > self.max:
-            self.max = seconds
-
-    def quantile(self, q: float) -> float | None:
-        """The value below which a fraction ``q`` of the timings lie (the geometric middle
-        of its bucket, never above the largest timing seen), in seconds."""
-        if not self.count:
-            return None
-        if q >= 1.0:
-            return self.max
-        rank = q * self.count
-        seen = 0
-        for index in sorted(self.buckets):
-            seen += self.buckets[index]
-            if seen >= rank:
-                middle = math.exp((index + 0.5) / _SCALE) * _MICROSECOND
-                return min(middle, self.max)
-        return self.max
+    __slots__ = ()
 
     def snapshot(self) -> dict:
         p50, p95 = self.quantile(0.5), self.quantile(0.95)
@@ -168,16 +135,18 @@ class LatencyBook:
                 self.evicted += 1
         else:
             entries.move_to_end(fingerprint)
-        truth_bucket, target_bucket = bucket_of(truth), bucket_of(target)
-        entry.truth.add(truth_bucket, truth)
-        entry.target.add(target_bucket, target)
-        self.truth_all.add(truth_bucket, truth)
-        self.target_all.add(target_bucket, target)
+        record_pair(entry.truth, entry.target, self.truth_all, self.target_all, truth, target)
         entry.executions += 1
         settings = self.settings
         if not settings.enabled:
             return NOTHING
-        slow = settings.slower(truth, target)
+        # settings.slower(truth, target), inlined: this runs for every statement.
+        slow = target >= truth * settings.ratio and target - truth >= settings.min_seconds
+        if not slow and (
+            entry.executions < settings.min_samples
+            or (entry.executions - settings.min_samples) % 16
+        ):
+            return NOTHING  # the common case: not slow, no regression check due
         suppressed = 0
         if slow:
             if entry.last_slow is not None and now - entry.last_slow < settings.interval:

@@ -16,23 +16,18 @@ from __future__ import annotations
 
 from pglast import parser
 
-from twinkly.wire.accel import blank_literals
+from twinkly.wire.accel import statement_shape
 
 MAX_TEXT = 256 * 1024  # longer texts are not fingerprinted: parsing them would stall
 CACHE_ENTRIES = 8192
 CACHED_TEXT = 4096  # longer texts are parsed each time: the cache holds at most 32 MiB
 
-_UNSAFE = ('"', "$", "\\", "--", "/*")
-
 _cache: dict[str, tuple[str, ...]] = {}
 
 
-def shape(sql: str) -> str:
-    """The cache key: literals blanked, or the text itself where that is not safe."""
-    for mark in _UNSAFE:
-        if mark in sql:
-            return sql
-    return blank_literals(sql)  # re.sub(r"'[^']*'|\b\d+\b", "0", sql), in C when built
+# The cache key: literals blanked, or the text itself where that is not safe (in C
+# when built: twinkly/wire/accel.py).
+shape = statement_shape
 
 
 def fingerprints(sql: str) -> tuple[str, ...]:

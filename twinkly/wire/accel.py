@@ -1,6 +1,6 @@
 """The hot path's per-message and per-row work, in C when the extension was built.
 
-Four functions, with one meaning whichever implementation runs:
+These functions and one type, with one meaning whichever implementation runs:
 
 - ``split(data, limit) -> (messages, pos, need)``: every complete tagged message of
   ``data`` as ``(type, payload)``; ``pos`` is where the first incomplete message starts
@@ -14,8 +14,15 @@ Four functions, with one meaning whichever implementation runs:
   ``room == 0`` makes it -1 (the caller drops the sample); ``room < 0`` keeps nothing.
 - ``bucket_of(seconds) -> int``: the latency histogram bucket (8 per doubling of
   microseconds; 0 up to 1 microsecond).
-- ``blank_literals(sql) -> str``: ``re.sub(r"'[^']*'|\\b\\d+\\b", "0", sql)``, the
-  fingerprint cache's key.
+- ``blank_literals(sql) -> str``: ``re.sub(r"'[^']*'|\\b\\d+\\b", "0", sql)``.
+- ``statement_shape(sql) -> str``: the fingerprint cache's key: ``sql`` itself when it
+  holds ``"``, ``$``, ``\\``, ``--`` or ``/*`` (a digit or a quote there might not be a
+  literal), else ``blank_literals(sql)``.
+- ``Histogram``: a latency histogram's bucket counts (``add(index, seconds)``,
+  ``record(seconds)``, ``quantile(q)``, ``buckets`` as a dict, ``count``, ``total``,
+  ``max``); bucket indexes run from 0 to ``MAX_BUCKETS - 1``.
+- ``record_pair(truth_fp, target_fp, truth_all, target_all, truth, target)``: one
+  execution's two timings into four histograms (its fingerprint's and the totals).
 
 ``IMPLEMENTATION`` says which one was loaded: ``"c"`` (``twinkly.wire._accel``, built by
 setup.py when a compiler was there) or ``"python"`` (no extension, or the environment
@@ -33,13 +40,17 @@ from types import ModuleType, SimpleNamespace
 
 __all__ = [
     "IMPLEMENTATION",
+    "MAX_BUCKETS",
     "PYTHON",
     "C",
+    "Histogram",
     "blank_literals",
     "bucket_of",
     "reason",
+    "record_pair",
     "scan_rows",
     "split",
+    "statement_shape",
 ]
 
 _unpack_len = Struct("!I").unpack_from
@@ -48,6 +59,9 @@ _ROW, _COPY_DATA = ord("D"), ord("d")
 _SCALE = 8 / math.log(2)  # BUCKETS_PER_DOUBLING / log(2), as twinkly.perf.latency
 _log = math.log
 _LITERALS = re.compile(r"'[^']*'|\b\d+\b")
+_UNSAFE = ('"', "$", "\\", "--", "/*")
+MAX_BUCKETS = 4096
+_MICROSECOND = 1e-6
 
 
 def _split(data: bytes, limit: int) -> tuple[list[tuple[int, bytes]], int, int]:
@@ -106,12 +120,75 @@ def _blank_literals(sql: str) -> str:
     return _LITERALS.sub("0", sql)
 
 
+def _statement_shape(sql: str) -> str:
+    for mark in _UNSAFE:
+        if mark in sql:
+            return sql
+    return _LITERALS.sub("0", sql)
+
+
+class _Histogram:
+    """Counts of timings in logarithmic buckets, kept sparse."""
+
+    __slots__ = ("buckets", "count", "max", "total")
+
+    def __init__(self) -> None:
+        self.buckets: dict[int, int] = {}
+        self.count = 0
+        self.total = 0.0
+        self.max = 0.0
+
+    def add(self, index: int, seconds: float) -> None:
+        if not 0 <= index < MAX_BUCKETS:
+            raise ValueError(f"bucket index {index} out of range")
+        buckets = self.buckets
+        buckets[index] = buckets.get(index, 0) + 1
+        self.count += 1
+        self.total += seconds
+        if seconds > self.max:
+            self.max = seconds
+
+    def record(self, seconds: float) -> None:
+        self.add(_bucket_of(seconds), seconds)
+
+    def quantile(self, q: float) -> float | None:
+        if not self.count:
+            return None
+        if q >= 1.0:
+            return self.max
+        rank = q * self.count
+        seen = 0
+        for index in sorted(self.buckets):
+            seen += self.buckets[index]
+            if seen >= rank:
+                return min(math.exp((index + 0.5) / _SCALE) * _MICROSECOND, self.max)
+        return self.max
+
+
+def _record_pair(
+    truth_fp: _Histogram,
+    target_fp: _Histogram,
+    truth_all: _Histogram,
+    target_all: _Histogram,
+    truth: float,
+    target: float,
+) -> None:
+    a, b = _bucket_of(truth), _bucket_of(target)
+    truth_fp.add(a, truth)
+    target_fp.add(b, target)
+    truth_all.add(a, truth)
+    target_all.add(b, target)
+
+
 PYTHON = SimpleNamespace(
     name="python",
     split=_split,
     scan_rows=_scan_rows,
     bucket_of=_bucket_of,
     blank_literals=_blank_literals,
+    statement_shape=_statement_shape,
+    Histogram=_Histogram,
+    record_pair=_record_pair,
 )
 
 C: ModuleType | None
@@ -136,3 +213,6 @@ split = _chosen.split
 scan_rows = _chosen.scan_rows
 bucket_of = _chosen.bucket_of
 blank_literals = _chosen.blank_literals
+statement_shape = _chosen.statement_shape
+Histogram = _chosen.Histogram
+record_pair = _chosen.record_pair

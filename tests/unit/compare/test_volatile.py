@@ -12,7 +12,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from twinkly.compare.catalog import CatalogReader
 from twinkly.compare.generated import generated_by
 from twinkly.compare.rows import Ordering, compare_rows
-from twinkly.compare.volatile import VolatileColumns, learn
+from twinkly.compare.volatile import VolatileColumns, learn, teaches
 from twinkly.config.schema import BackendConfig
 from twinkly.proxy.backend import SideConnection
 from twinkly.sql.analysis import analyze
@@ -336,3 +336,12 @@ class ConfiguredTests(SynchronousTestCase):
         self.assertEqual(judged.kind, "noise")
         self.assertEqual(judged.reason, "t.ts: listed in comparison.volatile-column-list")
         self.assertIsNone(judged.caused_by)
+
+
+class TeachesTests(SynchronousTestCase):
+    def test_only_writes_and_ddl_teach_the_history(self) -> None:
+        for tag in (b"INSERT 0 1", b"UPDATE 3", b"MERGE 1", b"COPY 5", b"CREATE TABLE",
+                    b"ALTER TABLE", b"DROP TABLE"):  # fmt: skip
+            self.assertTrue(teaches(tag), tag)
+        for tag in (None, b"", b"SELECT 1", b"SELECT 0", b"DELETE 2", b"BEGIN", b"SET"):
+            self.assertFalse(teaches(tag), tag)

@@ -116,6 +116,69 @@ class AccelCases:
         ):
             self.assertEqual(self.impl.blank_literals(sql), pattern.sub("0", sql), sql)
 
+    def test_statement_shape_keeps_texts_where_blanking_is_unsafe(self) -> None:
+        pattern = re.compile(r"'[^']*'|\b\d+\b")
+        for sql in (
+            "select abalance from pgbench_accounts where aid = 34431;",
+            'select "12" from t where a = 1',
+            "select $1, 2",
+            "select 'a\\' , 3",
+            "select 1 -- 2",
+            "select 1 /* 2 */",
+            "select 1 - -2 / *3",
+            "select '-' || '-', 4",
+            "",
+            "é 12 'ü'",
+        ):
+            unsafe = any(mark in sql for mark in ('"', "$", "\\", "--", "/*"))
+            expected = sql if unsafe else pattern.sub("0", sql)
+            self.assertEqual(self.impl.statement_shape(sql), expected, sql)
+
+    def test_histogram_counts_sums_and_quantiles(self) -> None:
+        histogram = self.impl.Histogram()
+        self.assertIsNone(histogram.quantile(0.5))
+        self.assertEqual((histogram.count, histogram.total, histogram.max), (0, 0.0, 0.0))
+        self.assertEqual(histogram.buckets, {})
+        timings = [0.0, 5e-7, 3e-6, 0.0002, 0.00021, 0.0031, 0.0002, 1.5, 0.0002]
+        expected: dict[int, int] = {}
+        for seconds in timings:
+            histogram.record(seconds)
+            index = accel.PYTHON.bucket_of(seconds)
+            expected[index] = expected.get(index, 0) + 1
+        self.assertEqual(histogram.buckets, expected)
+        self.assertEqual(histogram.count, len(timings))
+        self.assertEqual(histogram.total, sum(timings))
+        self.assertEqual(histogram.max, 1.5)
+        scale = 8 / math.log(2)
+        for q in (0.0, 0.1, 0.5, 0.7, 0.95, 0.99):
+            rank, seen = q * len(timings), 0
+            for index in sorted(expected):
+                seen += expected[index]
+                if seen >= rank:
+                    break
+            middle = min(math.exp((index + 0.5) / scale) * 1e-6, 1.5)
+            self.assertEqual(histogram.quantile(q), middle, q)
+        self.assertEqual(histogram.quantile(1.0), 1.5)
+
+    def test_histogram_grows_both_ways_and_refuses_impossible_buckets(self) -> None:
+        histogram = self.impl.Histogram()
+        for index in (50, 40, 60, 40, 0):
+            histogram.add(index, 0.001)
+        self.assertEqual(histogram.buckets, {0: 1, 40: 2, 50: 1, 60: 1})
+        for index in (-1, accel.MAX_BUCKETS):
+            self.assertRaises(ValueError, histogram.add, index, 0.001)
+        self.assertEqual(histogram.count, 5)
+
+    def test_record_pair_fills_four_histograms(self) -> None:
+        four = [self.impl.Histogram() for _ in range(4)]
+        self.impl.record_pair(*four, 0.0002, 0.0031)
+        self.impl.record_pair(*four, 0.0002, 0.0002)
+        truth = {accel.PYTHON.bucket_of(0.0002): 2}
+        target = {accel.PYTHON.bucket_of(0.0031): 1, accel.PYTHON.bucket_of(0.0002): 1}
+        self.assertEqual([h.buckets for h in four], [truth, target, truth, target])
+        self.assertEqual(four[1].total, 0.0031 + 0.0002)
+        self.assertEqual(four[3].max, 0.0031)
+
 
 class PythonAccelTests(AccelCases, SynchronousTestCase):
     impl = accel.PYTHON
@@ -167,3 +230,6 @@ class SelectionTests(SynchronousTestCase):
         chosen = accel.C if accel.IMPLEMENTATION == "c" else accel.PYTHON
         self.assertIs(accel.split, chosen.split)
         self.assertIs(accel.scan_rows, chosen.scan_rows)
+        self.assertIs(accel.statement_shape, chosen.statement_shape)
+        self.assertIs(accel.Histogram, chosen.Histogram)
+        self.assertIs(accel.record_pair, chosen.record_pair)
