@@ -158,14 +158,21 @@ is_word(Py_UCS4 ch)
     return ch == '_' || Py_UNICODE_ISALNUM(ch);
 }
 
+/* A str argument, ready to read: 0, or -1 with TypeError set. */
+static int
+text_argument(PyObject *arg, const char *function)
+{
+    if (!PyUnicode_Check(arg)) {
+        PyErr_Format(PyExc_TypeError, "%s: str expected", function);
+        return -1;
+    }
+    return PyUnicode_READY(arg);
+}
+
 static PyObject *
 accel_blank_literals(PyObject *self, PyObject *arg)
 {
-    if (!PyUnicode_Check(arg)) {
-        PyErr_SetString(PyExc_TypeError, "blank_literals: str expected");
-        return NULL;
-    }
-    if (PyUnicode_READY(arg) < 0)
+    if (text_argument(arg, "blank_literals") < 0)
         return NULL;
     Py_ssize_t n = PyUnicode_GET_LENGTH(arg);
     int kind = PyUnicode_KIND(arg);
@@ -210,11 +217,7 @@ accel_blank_literals(PyObject *self, PyObject *arg)
 static PyObject *
 accel_statement_shape(PyObject *self, PyObject *arg)
 {
-    if (!PyUnicode_Check(arg)) {
-        PyErr_SetString(PyExc_TypeError, "statement_shape: str expected");
-        return NULL;
-    }
-    if (PyUnicode_READY(arg) < 0)
+    if (text_argument(arg, "statement_shape") < 0)
         return NULL;
     Py_ssize_t n = PyUnicode_GET_LENGTH(arg);
     int kind = PyUnicode_KIND(arg);
