@@ -23,7 +23,9 @@ class PauseGate:
         on_reason: Callable[[str, bool], None] | None = None,
     ) -> None:
         self._producer = producer
-        self._reasons: set[str] = set()
+        # The reasons holding now (read only): "r in gate.held" is the hot path's test.
+        self.held: set[str] = set()
+        self._reasons = self.held
         self.pauses = 0
         self.on_change = on_change  # told paused (True) / resumed (False)
         self.on_reason = on_reason  # told each reason as it begins (True) or ends (False)

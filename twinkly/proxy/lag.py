@@ -61,15 +61,16 @@ class LagControl:
     def check(self, target_transport: Any) -> None:
         """After either side's bytes were tracked: resume what is back within bounds,
         pause a target that ran too far ahead. ``target_transport`` is None once the
-        target is gone."""
+        target is gone. Runs after every read: each test is a set lookup or a length
+        first."""
         pairer = self._pairer
-        if self._truth_gate.holds("target-lag-bytes") and (
+        if "target-lag-bytes" in self._truth_gate.held and (
             target_transport is None
             or pairer.target_ahead
             or self._truth_tracker.consumed - pairer.truth_done_end <= self._max_lag_bytes // 2
         ):
             self._truth_gate.resume("target-lag-bytes")
-        if pairer.truth_ahead <= self._max_lag // 2:
+        if "target-lag" in self._client_gate.held and pairer.truth_ahead <= self._max_lag // 2:
             self._client_gate.resume("target-lag")
         if target_transport is None:
             return
