@@ -304,7 +304,10 @@ def _pick_port(label: str, wanted: int, taken: set[int]) -> int:
 
 
 def _hba() -> str:
-    lines = [f"local all {ADMIN_USER} {'peer' if _is_root() else 'trust'}"]
+    lines = [
+        f"local all {ADMIN_USER} {'peer' if _is_root() else 'trust'}",
+        "local all all scram-sha-256",  # Twinkly's backends given as a socket directory
+    ]
     for net in ("127.0.0.1/32", "::1/128"):
         lines += [
             f"hostssl   all tw_tls   {net} scram-sha-256",
@@ -497,7 +500,13 @@ def main(argv: list[str] | None = None) -> int:
     with Sandbox(args.base_dir, keep=args.keep) as sandbox:
         assert sandbox.servers is not None
         info: dict[str, object] = {
-            s.label: {"host": s.host, "port": s.port, "dsn": s.dsn(), "bindir": str(s.bindir)}
+            s.label: {
+                "host": s.host,
+                "port": s.port,
+                "socket_dir": str(s.socket_dir),
+                "dsn": s.dsn(),
+                "bindir": str(s.bindir),
+            }
             for s in sandbox.servers
         }
         info["ca_file"] = str(sandbox.ca_file)

@@ -32,9 +32,12 @@ def _hocon(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def _backend_block(server: Server, label: str, port: int | None = None) -> str:
+def _backend_block(
+    server: Server, label: str, port: int | None = None, unix_socket: bool = False
+) -> str:
+    host = str(server.socket_dir) if unix_socket else server.host
     return (
-        f"{{ label = {_hocon(label)}, host = {_hocon(server.host)},"
+        f"{{ label = {_hocon(label)}, host = {_hocon(host)},"
         f" port = {port or server.port}, user = {_hocon(USER)},"
         f" password = {_hocon(PASSWORD)}, database = {_hocon(DATABASE)},"
         " tls = disable, connect-timeout = 5s }"
@@ -51,6 +54,7 @@ def proxy_config(
     target_label: str = "pg18",
     truth_port: int | None = None,
     target_port: int | None = None,
+    unix_sockets: bool = False,
     extra: str = "",
 ) -> str:
     """HOCON text for a proxy: proxy.postgresql is the truth, proxy.yugabytedb the target."""
@@ -61,8 +65,8 @@ def proxy_config(
             f"  listen-port = {port}",
             f"  shutdown-timeout = {shutdown_timeout}",
             "  auth { method = trust }",
-            f"  postgresql {_backend_block(truth, truth_label, truth_port)}",
-            f"  yugabytedb {_backend_block(target, target_label, target_port)}",
+            f"  postgresql {_backend_block(truth, truth_label, truth_port, unix_sockets)}",
+            f"  yugabytedb {_backend_block(target, target_label, target_port, unix_sockets)}",
             "}",
             'comparison { enabled = true, source-of-truth = "postgresql" }',
             # Tests read the events file while the proxy runs: no batching delay.
@@ -228,3 +232,22 @@ def same_as_truth(proxy: ProxyProcess, oracle_dsn: str, scenario: Any, **connect
         want = scenario(conn)
     assert got == want
     return got
+
+
+def assert_cancels_a_sleep(conn: Any, cancel: Any, delay: float = 0.5) -> None:
+    """``cancel()``, called ``delay`` seconds into ``select pg_sleep(30)`` on the psycopg
+    connection ``conn``, ends it with QueryCanceled within a few seconds."""
+    import threading
+
+    import psycopg
+    import pytest
+
+    timer = threading.Timer(delay, cancel)
+    timer.start()
+    started = time.monotonic()
+    try:
+        with pytest.raises(psycopg.errors.QueryCanceled):
+            conn.execute("select pg_sleep(30)")
+    finally:
+        timer.cancel()
+    assert time.monotonic() - started < 5

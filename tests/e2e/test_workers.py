@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import re
 import signal
-import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -17,7 +16,7 @@ import psycopg
 import pytest
 from pgwire import free_port
 from prometheus_client.parser import text_string_to_metric_families
-from proxyproc import CLEAN_EXIT
+from proxyproc import CLEAN_EXIT, assert_cancels_a_sleep
 
 
 def workers_of(proxy) -> list[psutil.Process]:
@@ -98,15 +97,7 @@ def test_cancel_reaches_the_owning_worker_every_time(cluster) -> None:
             # The client is told the truth's own process id (see test_backend_pid).
             assert conn.execute("select pg_backend_pid()").fetchone()[0] == conn.info.backend_pid
             owners.add(worker_serving(cluster, conn.info.backend_pid))
-            timer = threading.Timer(0.2, conn.cancel)
-            timer.start()
-            started = time.monotonic()
-            try:
-                with pytest.raises(psycopg.errors.QueryCanceled):
-                    conn.execute("select pg_sleep(20)")
-            finally:
-                timer.cancel()
-            assert time.monotonic() - started < 5, f"attempt {attempt}"
+            assert_cancels_a_sleep(conn, conn.cancel, delay=0.2)
             assert conn.execute("select 1").fetchone() == (1,)
         for dsn in (cluster.truth_dsn, cluster.target_dsn):
             wait_for(lambda d=dsn, a=application: not sleepers(d, a), 5, f"no sleeper ({attempt})")

@@ -50,8 +50,16 @@ class BackendConfig:
     ca_file: str | None = None
     connect_timeout: float = 10.0
 
+    @property
+    def socket_path(self) -> str | None:
+        """The Unix socket to connect to when ``host`` is a directory (it starts with
+        a slash, as in libpq), or None for TCP."""
+        if not self.host.startswith("/"):
+            return None
+        return f"{self.host.rstrip('/')}/.s.PGSQL.{self.port}"
+
     def describe(self) -> str:
-        return f"{self.label} ({self.host}:{self.port})"
+        return f"{self.label} ({self.socket_path or f'{self.host}:{self.port}'})"
 
 
 @dataclass(frozen=True)
@@ -268,6 +276,13 @@ def _backend(section: Section, name: str, default_port: int) -> BackendConfig:
     )
     if config.tls in ("verify-ca", "verify-full") and not config.ca_file:
         raise ConfigError(f"{section._key('ca-file')}: required when tls = {config.tls}")
+    if config.socket_path is not None and config.tls not in ("disable", "prefer"):
+        # PostgreSQL never speaks TLS on a Unix socket: a mode that insists on it could
+        # only fail at every connection.
+        raise ConfigError(
+            f"{section._key('tls')}: {config.tls} cannot be used with a Unix socket"
+            f" (host = {config.host}); use tls = disable, or a TCP host"
+        )
     section.finish()
     return config
 

@@ -10,11 +10,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from twisted.internet import defer, ssl
-from twisted.internet.endpoints import HostnameEndpoint
+from twisted.internet.endpoints import HostnameEndpoint, UNIXClientEndpoint
 from twisted.internet.interfaces import (
     IDelayedCall,
     IOpenSSLClientConnectionCreator,
     IReactorTime,
+    IStreamClientEndpoint,
 )
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
@@ -106,9 +107,11 @@ class BackendProtocol(Protocol):
     # --- connection lifecycle ------------------------------------------------------
 
     def connectionMade(self) -> None:
-        stream_of(self).setTcpNoDelay(True)
+        unix = self.config.socket_path is not None
+        if not unix:
+            stream_of(self).setTcpNoDelay(True)
         self._timeout = self.clock.callLater(self.config.connect_timeout, self._start_timed_out)
-        if self.config.tls != "disable":
+        if self.config.tls != "disable" and not unix:  # no TLS on a Unix socket, as libpq
             self._awaiting_ssl = True
             self._write(SSLRequest().encode())
         else:
@@ -326,7 +329,7 @@ def connect_backend(
 ) -> defer.Deferred[BackendProtocol]:
     """Connect, negotiate TLS, log in; fires with the ready protocol or a BackendError."""
     protocol = BackendProtocol(config, parameters, reactor, max_message_bytes)  # type: ignore[arg-type]
-    endpoint = HostnameEndpoint(reactor, config.host, config.port, timeout=config.connect_timeout)
+    endpoint = endpoint_of(reactor, config)
 
     def connect_failed(failure: Failure) -> Failure:
         if failure.check(BackendError):
@@ -351,7 +354,16 @@ class _OneProtocol(Factory):
         return self._protocol
 
 
-def _connect(endpoint: HostnameEndpoint, protocol: Protocol) -> defer.Deferred:
+def endpoint_of(reactor: object, config: BackendConfig) -> IStreamClientEndpoint:
+    """Where the backend listens: its Unix socket when ``host`` is a directory (cheaper
+    than loopback TCP for a server on the same machine), else its TCP address."""
+    path = config.socket_path
+    if path is not None:
+        return UNIXClientEndpoint(reactor, path, timeout=config.connect_timeout)
+    return HostnameEndpoint(reactor, config.host, config.port, timeout=config.connect_timeout)
+
+
+def _connect(endpoint: IStreamClientEndpoint, protocol: Protocol) -> defer.Deferred:
     return endpoint.connect(_OneProtocol(protocol))
 
 
@@ -367,7 +379,7 @@ class _CancelSender(Protocol):
 
 def send_cancel(reactor: object, config: BackendConfig, key: BackendKeyData) -> defer.Deferred:
     """Deliver a CancelRequest for ``key`` on a fresh connection, as libpq does."""
-    endpoint = HostnameEndpoint(reactor, config.host, config.port, timeout=config.connect_timeout)
+    endpoint = endpoint_of(reactor, config)
     request = CancelRequest(key.process_id, key.secret_key).encode()
     connecting = _connect(endpoint, _CancelSender(request))
     connecting.addErrback(

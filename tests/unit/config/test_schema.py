@@ -200,6 +200,20 @@ class UnknownKeyTests(ConfigTestCase):
         self.assertConfigError("proxy.listen-prot = 5431", "proxy.listen-prot")
 
 
+class UnixSocketTests(SynchronousTestCase):
+    def test_a_host_starting_with_a_slash_is_a_socket_directory(self) -> None:
+        config = loads('proxy.postgresql { host = "/run/postgresql/", port = 5433 }')
+        truth = config.postgresql
+        self.assertEqual(truth.socket_path, "/run/postgresql/.s.PGSQL.5433")
+        self.assertEqual(truth.describe(), "postgresql (/run/postgresql/.s.PGSQL.5433)")
+        self.assertIsNone(config.yugabytedb.socket_path)
+        self.assertEqual(config.yugabytedb.describe(), "yugabytedb (127.0.0.1:5433)")
+
+    def test_tls_prefer_is_allowed_and_not_asked_for(self) -> None:
+        config = loads('proxy.postgresql { host = "/tmp", tls = prefer }')
+        self.assertEqual(config.postgresql.tls, "prefer")
+
+
 class BadValueTests(ConfigTestCase):
     def test_bad_values_name_their_key(self) -> None:
         cases = [
@@ -212,6 +226,10 @@ class BadValueTests(ConfigTestCase):
             ("proxy.max-message-bytes = 10", "proxy.max-message-bytes"),
             ("proxy.postgresql.tls = sometimes", "proxy.postgresql.tls"),
             ("proxy.yugabytedb.tls = verify-ca", "proxy.yugabytedb.ca-file"),
+            (
+                'proxy.postgresql { host = "/run/postgresql", tls = require }',
+                "proxy.postgresql.tls",
+            ),
             ("comparison.source-of-truth = mysql", "comparison.source-of-truth"),
             ("comparison.enabled = maybe", "comparison.enabled"),
             ("proxy.auth.method = kerberos", "proxy.auth.method"),
