@@ -43,15 +43,15 @@ class CopyAlignment:
         self._pairer = pairer
         self._tick = tick
         self._held: list[bytes] | None = None
+        # Whether the target's bytes are held (``_held`` is a list): a plain attribute,
+        # since the session asks after every read.
+        self.holding = False
         self._held_bytes = 0
         self._key = 0  # result key of the statement that may copy
 
-    @property
-    def holding(self) -> bool:
-        return self._held is not None
-
     def start(self, key: int) -> None:
         self._held = []
+        self.holding = True
         self._held_bytes = 0
         self._key = key
 
@@ -100,6 +100,7 @@ class CopyAlignment:
 
     def release(self) -> None:
         held, self._held = self._held, None
+        self.holding = False
         for chunk in held or ():
             self.session.send_to_target(chunk)
         if held:

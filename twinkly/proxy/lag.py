@@ -35,6 +35,9 @@ class LagControl:
         max_ahead: int,
     ) -> None:
         self._pairer = pairer
+        # The pairer's queues themselves: their lengths are read after every read.
+        self._truth_waiting = pairer.truth_pending()
+        self._target_waiting = pairer.target_pending()
         self._truth_tracker = truth_tracker
         self._target_tracker = target_tracker
         self._client_gate = client_gate
@@ -47,11 +50,11 @@ class LagControl:
     def truth_received(self, target_connected: bool) -> None:
         """After the truth's bytes were tracked: pause whoever gets too far ahead."""
         pairer = self._pairer
-        if pairer.truth_ahead > self._max_lag:
+        if len(self._truth_waiting) > self._max_lag:
             self._client_gate.pause("target-lag")
         if (
             target_connected
-            and not pairer.target_ahead  # the target has not already answered it
+            and not self._target_waiting  # the target has not already answered it
             and self._truth_tracker.consumed - pairer.truth_done_end > self._max_lag_bytes
         ):
             # The target is that far behind within the truth's answers: the client
@@ -66,15 +69,18 @@ class LagControl:
         pairer = self._pairer
         if "target-lag-bytes" in self._truth_gate.held and (
             target_transport is None
-            or pairer.target_ahead
+            or self._target_waiting
             or self._truth_tracker.consumed - pairer.truth_done_end <= self._max_lag_bytes // 2
         ):
             self._truth_gate.resume("target-lag-bytes")
-        if "target-lag" in self._client_gate.held and pairer.truth_ahead <= self._max_lag // 2:
+        if (
+            "target-lag" in self._client_gate.held
+            and len(self._truth_waiting) <= self._max_lag // 2
+        ):
             self._client_gate.resume("target-lag")
         if target_transport is None:
             return
-        ahead = pairer.target_ahead
+        ahead = len(self._target_waiting)
         if ahead > self._max_ahead and not self._target_paused:
             self._target_paused = True
             target_transport.pauseProducing()

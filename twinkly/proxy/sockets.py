@@ -1,4 +1,5 @@
-"""Writing to a TCP transport without waiting for the next reactor turn.
+"""Writing to a TCP transport without waiting for the next reactor turn, and reading
+from one without Twisted's per-event wrapping (``direct_dispatch``).
 
 Twisted's ``transport.write`` only buffers; the bytes leave on the next reactor
 iteration, after two epoll_ctl calls to watch the socket for writability and stop
@@ -12,8 +13,10 @@ applies producer back-pressure and reports errors exactly as usual.
 from __future__ import annotations
 
 from collections.abc import Callable
+from select import EPOLLIN
 
-from twisted.internet import tcp
+from twisted.internet import main, tcp
+from twisted.python import log as legacy_log
 
 
 def immediate_writer(transport: object) -> Callable[[bytes], None]:
@@ -50,24 +53,30 @@ def immediate_writer(transport: object) -> Callable[[bytes], None]:
 
 
 def direct_dispatch(reactor: object) -> bool:
-    """Make an epoll reactor call each ready connection's ``doRead``/``doWrite`` without
-    wrapping every call in ``twisted.python.log.callWithLogger``.
+    """Make an epoll reactor dispatch readiness events itself, with the fewest calls.
 
-    That wrapper pushes a log context (a dict copy, a logPrefix call, two context-stack
-    operations) around every readiness event: about 2 microseconds each in a tight loop,
-    several in the proxy, three or more events per statement. Twinkly logs with
-    ``twisted.logger``, which never reads that context. An exception escaping a handler
-    is logged with ``log.err`` as before (the connection's logPrefix as its system).
-    Returns whether the reactor was changed (only Twisted's EPollReactor is).
+    Twisted wraps every event in ``twisted.python.log.callWithLogger`` (a log context:
+    a dict copy, a logPrefix call, two context-stack operations), then calls
+    ``_doReadOrWrite``, ``doRead`` and ``_dataReceived`` before the protocol sees the
+    bytes: about a dozen calls per read, three reads or more per statement. Twinkly logs
+    with ``twisted.logger``, which never reads that context. A plain read event of a
+    connected TCP connection (``tcp.Server``/``tcp.Client``, whose ``doRead`` is
+    Twisted's own) is handled here as ``Connection.doRead`` would: ``recv``, then the
+    protocol's ``dataReceived``; end of stream, a socket error or an exception from the
+    protocol disconnects it as ``_doReadOrWrite`` does. Every other event goes to
+    ``_doReadOrWrite``. Returns whether the reactor was changed (only Twisted's
+    EPollReactor is).
     """
     from twisted.internet.epollreactor import EPollReactor
-    from twisted.python import log as legacy_log
 
     if not isinstance(reactor, EPollReactor) or getattr(reactor, "_twinkly_direct", False):
         return False
     poll = reactor._poller.poll
     selectables = reactor._selectables
     handle = reactor._doReadOrWrite
+    disconnect = reactor._disconnectSelectable
+    readable = EPOLLIN
+    plain = (tcp.Server, tcp.Client)
 
     def do_poll(timeout: float | None) -> None:
         try:
@@ -79,16 +88,45 @@ def direct_dispatch(reactor: object) -> bool:
             if selectable is None:
                 continue
             try:
-                handle(selectable, fd, event)
+                if event == readable and type(selectable) in plain and selectable.connected:
+                    _read(selectable, disconnect)
+                else:
+                    handle(selectable, fd, event)
             except KeyboardInterrupt:
                 raise
             except BaseException:
-                try:
-                    system = selectable.logPrefix()
-                except Exception:
-                    system = "(buggy logPrefix method)"
-                legacy_log.err(system=system)
+                _log_error(selectable)
 
     reactor.doPoll = reactor.doIteration = do_poll  # type: ignore[method-assign]
     reactor._twinkly_direct = True  # type: ignore[attr-defined]
     return True
+
+
+def _read(connection: tcp.Connection, disconnect: Callable[..., None]) -> None:
+    """``Connection.doRead``, and what ``_doReadOrWrite`` does with its outcome."""
+    try:
+        data = connection.socket.recv(connection.bufferSize)
+    except (BlockingIOError, InterruptedError):
+        return
+    except OSError:
+        disconnect(connection, main.CONNECTION_LOST, False)
+        return
+    if not data:
+        disconnect(connection, main.CONNECTION_DONE, True)  # a half-close, if it takes one
+        return
+    try:
+        connection.protocol.dataReceived(data)
+    except KeyboardInterrupt:
+        raise
+    except BaseException as e:
+        _log_error(connection)
+        disconnect(connection, e, False)
+
+
+def _log_error(selectable: object) -> None:
+    """Log the exception being handled, as Twisted's dispatch does."""
+    try:
+        system = selectable.logPrefix()  # type: ignore[attr-defined]
+    except Exception:
+        system = "(buggy logPrefix method)"
+    legacy_log.err(system=system)

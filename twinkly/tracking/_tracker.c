@@ -30,7 +30,7 @@ static PyObject *kind_strs[K_COUNT];
 #define EXECUTING(k) ((k) == K_EXECUTE || (k) == K_QUERY || (k) == K_FUNCTION_CALL)
 
 static PyTypeObject *result_type, *sync_type;  /* the registered subclasses */
-static PyObject *str_join, *str_limit;
+static PyObject *str_join, *str_limit, *str_held;
 
 static inline uint32_t
 read_len(const unsigned char *p)
@@ -732,7 +732,17 @@ tracker_receive(Tracker *t, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     PyObject *framer = args[0];
-    PyObject *joined = PyObject_CallMethodOneArg(framer, str_join, args[1]);
+    /* framer.join(data) only when it holds part of a message: it returns data itself
+     * otherwise, and ``held`` is a plain attribute (no Python frame to read it). */
+    PyObject *held = PyObject_GetAttr(framer, str_held);
+    if (held == NULL)
+        return NULL;
+    int holding = PyObject_IsTrue(held);
+    Py_DECREF(held);
+    if (holding < 0)
+        return NULL;
+    PyObject *joined = holding ? PyObject_CallMethodOneArg(framer, str_join, args[1])
+                               : Py_NewRef(args[1]);
     if (joined == NULL)
         return NULL;
     if (joined == Py_None) {
@@ -840,13 +850,17 @@ tracker_feed(Tracker *t, PyObject *messages)
 }
 
 static PyObject *
-tracker_expect(Tracker *t, PyObject *args, PyObject *kwds)
+tracker_expect(Tracker *t, PyObject *const *args, Py_ssize_t nargs)
 {
-    static char *names[] = {"kind", "now", "seq", "context", NULL};
-    PyObject *name, *context = Py_None;
-    double now;
-    long long seq = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "Ud|LO:expect", names, &name, &now, &seq, &context))
+    /* Positional only, parsed by hand: the session calls this for every message. */
+    if (nargs < 2 || nargs > 4) {
+        PyErr_SetString(PyExc_TypeError, "expect(kind, now, seq=0, context=None)");
+        return NULL;
+    }
+    PyObject *name = args[0], *context = nargs > 3 ? args[3] : Py_None;
+    double now = PyFloat_AsDouble(args[1]);
+    long long seq = nargs > 2 ? PyLong_AsLongLong(args[2]) : 0;
+    if (PyErr_Occurred())
         return NULL;
     int kind = kind_of(name);
     if (kind < 0) {
@@ -1013,7 +1027,7 @@ static PyMethodDef tracker_methods[] = {
     {"receive", (PyCFunction)(void (*)(void))tracker_receive, METH_FASTCALL,
      "receive(framer, data): frame raw bytes from the backend and track them"},
     {"feed", (PyCFunction)tracker_feed, METH_O, "feed(messages): track framed messages"},
-    {"expect", (PyCFunction)(void (*)(void))tracker_expect, METH_VARARGS | METH_KEYWORDS,
+    {"expect", (PyCFunction)(void (*)(void))tracker_expect, METH_FASTCALL,
      "expect(kind, now, seq=0, context=None): the backend now owes kind"},
     {"paused", (PyCFunction)tracker_paused, METH_NOARGS, "Twinkly stopped reading this backend"},
     {"resumed", (PyCFunction)tracker_resumed, METH_NOARGS, "Twinkly reads this backend again"},
@@ -1082,6 +1096,9 @@ PyInit__tracker(void)
     }
     str_join = PyUnicode_InternFromString("join");
     str_limit = PyUnicode_InternFromString("limit");
+    str_held = PyUnicode_InternFromString("held");
+    if (str_join == NULL || str_limit == NULL || str_held == NULL)
+        return NULL;
     result_type = (PyTypeObject *)Py_NewRef(&ResultType);
     sync_type = (PyTypeObject *)Py_NewRef(&SyncType);
     PyObject *m = PyModule_Create(&module);

@@ -78,6 +78,10 @@ class Pairer:
         """The truth's items still waiting for the target's, oldest first (read only)."""
         return self._truth
 
+    def target_pending(self) -> deque[Item]:
+        """The target's items still waiting for the truth's, oldest first (read only)."""
+        return self._target
+
     def add_truth(self, item: Item) -> None:
         if self.abandoned is not None:
             self.dropped += 1

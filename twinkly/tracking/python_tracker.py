@@ -164,7 +164,7 @@ class ResponseTracker:
         The hot path of large results: DataRows and CopyData are counted and digested
         straight from the received buffer, with no list of messages built first.
         """
-        joined = framer.join(data)
+        joined = framer.join(data) if framer.held else data
         if joined is None:
             return
         data = joined
@@ -210,7 +210,8 @@ class ResponseTracker:
             current.rows += rows  # type: ignore[union-attr]
             current.digest += digest  # type: ignore[union-attr]
         self.consumed = base + pos
-        framer.hold(data, pos, need)
+        if pos < size:
+            framer.hold(data, pos, need)
 
     def _sample_room(self, result: StatementResult | None) -> int:
         """Rows the result may still keep for a value-level diff; -1 when none."""

@@ -158,6 +158,51 @@ is_word(Py_UCS4 ch)
     return ch == '_' || Py_UNICODE_ISALNUM(ch);
 }
 
+/* blank_literals of an ASCII text (SQL nearly always is), byte by byte: the same rules
+ * as the general loop below, where every character is one byte. */
+static inline int
+ascii_word(char ch)
+{
+    return ch == '_' || (ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'z')
+           || (ch >= 'A' && ch <= 'Z');
+}
+
+static PyObject *
+blank_ascii(const char *src, Py_ssize_t n)
+{
+    char *out = PyMem_Malloc(n ? n : 1);
+    if (out == NULL)
+        return PyErr_NoMemory();
+    Py_ssize_t i = 0, o = 0;
+    while (i < n) {
+        char ch = src[i];
+        if (ch == '\'') {
+            const char *close = memchr(src + i + 1, '\'', n - i - 1);
+            if (close != NULL) {
+                out[o++] = '0';
+                i = close - src + 1;
+                continue;
+            }
+        } else if (ch >= '0' && ch <= '9' && (i == 0 || !ascii_word(src[i - 1]))) {
+            Py_ssize_t k = i + 1;
+            while (k < n && src[k] >= '0' && src[k] <= '9')
+                k++;
+            if (k == n || !ascii_word(src[k])) {
+                out[o++] = '0';
+                i = k;
+                continue;
+            }
+        }
+        out[o++] = ch;
+        i++;
+    }
+    PyObject *result = PyUnicode_New(o, 127);
+    if (result != NULL)
+        memcpy(PyUnicode_DATA(result), out, o);
+    PyMem_Free(out);
+    return result;
+}
+
 /* A str argument, ready to read: 0, or -1 with TypeError set. */
 static int
 text_argument(PyObject *arg, const char *function)
@@ -174,6 +219,8 @@ accel_blank_literals(PyObject *self, PyObject *arg)
 {
     if (text_argument(arg, "blank_literals") < 0)
         return NULL;
+    if (PyUnicode_IS_ASCII(arg))
+        return blank_ascii((const char *)PyUnicode_DATA(arg), PyUnicode_GET_LENGTH(arg));
     Py_ssize_t n = PyUnicode_GET_LENGTH(arg);
     int kind = PyUnicode_KIND(arg);
     const void *src = PyUnicode_DATA(arg);

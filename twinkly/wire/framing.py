@@ -38,68 +38,67 @@ class MessageFramer:
     message costs one join, not one copy per read.
     """
 
-    __slots__ = ("_chunks", "_held", "_max", "_need")
+    __slots__ = ("_chunks", "_need", "held", "limit")
 
     def __init__(self, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
-        self._max = max_message_bytes
+        # Plain attributes, not properties: the trackers read them on every backend read.
+        self.limit = max_message_bytes
+        self.held = 0  # bytes held for an incomplete message (0: at a message boundary)
         self._chunks: list[bytes] = []
-        self._held = 0
         self._need = 0  # bytes needed to complete the pending message, 0 = unknown
 
     @property
     def buffered(self) -> int:
         """Bytes held for an incomplete message."""
-        return self._held
+        return self.held
+
+    @property
+    def pending(self) -> int:
+        """Bytes of a message not yet complete (0: the stream is at a message boundary)."""
+        return self.held
 
     def join(self, data: bytes) -> bytes | None:
         """``data`` preceded by any held bytes; None while the held message is still
-        incomplete. Callers that walk messages themselves use this with ``hold``."""
+        incomplete. Callers that walk messages themselves use this with ``hold`` (and
+        may skip it while ``held`` is 0: it returns ``data`` itself then)."""
         if not self._chunks:
             return data
         self._chunks.append(data)
-        self._held += len(data)
-        if self._held < self._need:
+        self.held += len(data)
+        if self.held < self._need:
             return None
         data = b"".join(self._chunks)
         self._chunks = []
-        self._held = 0
+        self.held = 0
         self._need = 0
         return data
 
     def hold(self, data: bytes, pos: int, need: int) -> None:
         """Keep ``data[pos:]``, the start of a message of ``need`` bytes (5 when even
-        its header is incomplete)."""
+        its header is incomplete); nothing when ``pos`` is at the end."""
         if pos < len(data):
             rest = data[pos:] if pos else data
             self._chunks = [rest]
-            self._held = len(rest)
+            self.held = len(rest)
             self._need = need
 
     def length_error(self, data: bytes, pos: int, length: int) -> ProtocolViolation:
         return ProtocolViolation(
             f"invalid message length {length} for message type {chr(data[pos])!r}"
-            f" (limit {self._max})"
+            f" (limit {self.limit})"
         )
 
     def feed(self, data: bytes) -> list[tuple[int, bytes]]:
         """Every complete message in the stream so far, as ``(type, payload)``."""
-        joined = self.join(data)
+        joined = self.join(data) if self.held else data
         if joined is None:
             return []
-        out, pos, need = _split(joined, self._max)
+        out, pos, need = _split(joined, self.limit)
         if need < 0:
             raise self.length_error(joined, pos, _unpack_len(joined, pos + 1)[0])
-        self.hold(joined, pos, need)
+        if pos < len(joined):
+            self.hold(joined, pos, need)
         return out
-
-    @property
-    def limit(self) -> int:
-        return self._max
-
-    @property
-    def pending(self) -> int:
-        """Bytes of a message not yet complete (0: the stream is at a message boundary)."""
-        return self._held
 
 
 class StartupLengthInvalid(ProtocolViolation):

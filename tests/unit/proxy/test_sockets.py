@@ -6,6 +6,7 @@ from __future__ import annotations
 import socket
 
 from twisted.internet import tcp
+from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import Protocol
 from twisted.internet.testing import MemoryReactor, StringTransport
 from twisted.trial.unittest import SynchronousTestCase
@@ -60,6 +61,21 @@ class ImmediateWriterTests(SynchronousTestCase):
         self.assertEqual(immediate_writer(transport), transport.write)
 
 
+class Recorder(Protocol):
+    def __init__(self, fail: bool = False) -> None:
+        self.fail = fail
+        self.data: list[bytes] = []
+        self.lost: list = []
+
+    def dataReceived(self, data: bytes) -> None:
+        self.data.append(data)
+        if self.fail:
+            1 / 0  # noqa: B018 - the protocol's own bug
+
+    def connectionLost(self, reason: object = None) -> None:
+        self.lost.append(reason)
+
+
 class DirectDispatchTests(SynchronousTestCase):
     """direct_dispatch: an epoll reactor's readiness events reach doRead without the
     legacy log context; other reactors are left alone. The reactor is never run."""
@@ -93,6 +109,53 @@ class DirectDispatchTests(SynchronousTestCase):
         peer.send(b"hello")
         reactor.doIteration(0)
         self.assertEqual(seen, [b"hello"])
+
+    def _connection(self, protocol: Protocol) -> tuple[object, socket.socket, list]:
+        """A tcp.Server over one end of a socket pair, on a direct-dispatch epoll reactor
+        whose own _doReadOrWrite records every event it is given."""
+        from twisted.internet.epollreactor import EPollReactor
+
+        from twinkly.proxy.sockets import direct_dispatch
+
+        ours, peer = socket.socketpair()
+        ours.setblocking(False)
+        self.addCleanup(peer.close)
+        reactor = EPollReactor()
+        self.addCleanup(reactor._poller.close)
+        self.addCleanup(reactor.removeAll)
+        generic: list = []
+        reactor._doReadOrWrite = lambda *event: generic.append(event)  # type: ignore[method-assign]
+        direct_dispatch(reactor)
+        connection = tcp.Server(ours, protocol, ("127.0.0.1", 1), None, 1, reactor)
+        protocol.makeConnection(connection)
+        self.addCleanup(lambda: connection.connected and connection.abortConnection())
+        return reactor, peer, generic
+
+    def test_a_plain_read_goes_straight_to_the_protocol(self) -> None:
+        protocol = Recorder()
+        reactor, peer, generic = self._connection(protocol)
+        peer.send(b"hello")
+        reactor.doIteration(0)
+        self.assertEqual(protocol.data, [b"hello"])
+        self.assertEqual(generic, [])  # not through Twisted's own dispatch
+
+    def test_end_of_stream_loses_the_connection_cleanly(self) -> None:
+        protocol = Recorder()
+        reactor, peer, generic = self._connection(protocol)
+        peer.shutdown(socket.SHUT_WR)  # the peer's FIN: a read event, and recv gives b""
+        reactor.doIteration(0)
+        self.assertEqual(generic, [])
+        self.assertEqual(len(protocol.lost), 1)
+        self.assertTrue(protocol.lost[0].check(ConnectionDone))
+
+    def test_an_exception_in_the_protocol_is_logged_and_disconnects(self) -> None:
+        protocol = Recorder(fail=True)
+        reactor, peer, _ = self._connection(protocol)
+        peer.send(b"boom")
+        reactor.doIteration(0)
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+        self.assertEqual(len(protocol.lost), 1)
+        self.assertTrue(protocol.lost[0].check(ZeroDivisionError))
 
     def test_other_reactors_are_left_alone(self) -> None:
         from twinkly.proxy.sockets import direct_dispatch
