@@ -15,6 +15,7 @@ from twisted.internet.interfaces import IListeningPort, IReactorCore, IReactorTC
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from twinkly.app.reactor_turn import quick_timers
 from twinkly.proxy.client import fatal
 from twinkly.proxy.factory import ProxyFactory
 from twinkly.proxy.sockets import direct_dispatch
@@ -55,6 +56,7 @@ class ProxyService(Service):
     def startService(self) -> None:
         super().startService()
         direct = direct_dispatch(self.reactor)
+        quick_timers(self.reactor)
         log.info(
             "hot path: {accelerator} implementation of twinkly.wire.accel{why},"
             " {tracker} response tracker; reactor events dispatched {dispatch}",
