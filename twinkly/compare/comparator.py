@@ -98,7 +98,13 @@ class Comparator:
             monitor.count("sampled_out")
             return
         self._judge(truth, target)
-        if monitor.volatile is not None and truth.error is None and teaches(truth.tag):
+        tag = truth.tag
+        if (
+            monitor.volatile is not None
+            and tag is not None
+            and truth.error is None
+            and teaches(tag)
+        ):
             learn(monitor.volatile, truth, target, lambda: self._info(truth), self._truth_side(),
                   self.session_id)  # fmt: skip
         if (

@@ -67,6 +67,7 @@ _DESCRIBE = ord("D")
 _QUERY = ord("Q")
 _PARSE = ord("P")
 _EXECUTE = ord("E")
+_SYNC = ord("S")
 
 DRAIN_SECONDS = 30.0  # how long a closed session waits for a backend's owed answers
 
@@ -376,7 +377,11 @@ class Session:
                     if type_byte == _DESCRIBE and payload[:1] == b"P":
                         kind = DESCRIBE_PORTAL
                     seq += 1
-                    context = contexts.context(type_byte, payload) if contexts else None
+                    context = (
+                        contexts.context(type_byte, payload)
+                        if contexts and type_byte != _SYNC  # a Sync has no context
+                        else None
+                    )
                     truth_expect(kind, now, seq, context)
                     target_expect(kind, now, seq, context)
                     if type_byte == _QUERY or type_byte == _PARSE:
@@ -439,7 +444,9 @@ class Session:
             self.copies.check()
         elif self.target_tracker.copy_in:
             self.copies.check_target_copy()
-        self._check_flow(tracker)
+        if tracker.lost_track is not None or self.pairer.abandoned is not None:
+            self._pairing_lost(tracker)
+        self.lag.check(self.target.transport if self.target is not None else None)
         if self._pending_tap is not None:
             self._tap_at_boundary()
 
@@ -461,14 +468,11 @@ class Session:
             routing.target_progress()
         if self.copies.holding:
             self.copies.check()
-        self._check_flow(tracker)
-        if self._pending_tap is not None:
-            self._tap_at_boundary()
-
-    def _check_flow(self, tracker: ResponseTracker) -> None:
         if tracker.lost_track is not None or self.pairer.abandoned is not None:
             self._pairing_lost(tracker)
         self.lag.check(self.target.transport if self.target is not None else None)
+        if self._pending_tap is not None:
+            self._tap_at_boundary()
 
     def _pairing_lost(self, tracker: ResponseTracker) -> None:
         """Stop pairing once (a stream could not be followed, or a cap was reached);
