@@ -17,7 +17,12 @@ setup(
         ),
         Extension(
             "twinkly.tracking._tracker",
-            sources=["twinkly/tracking/_tracker.c"],
+            sources=[
+                "twinkly/tracking/_tracker.c",
+                "twinkly/tracking/_tracker_machine.c",
+                "twinkly/tracking/_tracker_results.c",
+            ],
+            depends=["twinkly/tracking/_tracker.h"],
             extra_compile_args=["-O2"],
             optional=True,
         ),
