@@ -86,6 +86,16 @@ class Pairer:
         if self.abandoned is not None:
             self.dropped += 1
             return
+        target = self._target
+        if target and not self._truth and target[0].key == item.key:
+            # The target answered first: pair at once (what _drain does, without a queue).
+            partner = target.popleft()
+            self.truth_done_end = item.end
+            if type(item) is SyncPoint:
+                self._observer.sync_paired(item, partner)  # type: ignore[arg-type]
+            else:
+                self._observer.statements_paired(item, partner)  # type: ignore[arg-type]
+            return
         self._truth.append(item)
         if self._target:
             self._drain()
@@ -95,6 +105,16 @@ class Pairer:
     def add_target(self, item: Item) -> None:
         if self.abandoned is not None:
             self.dropped += 1
+            return
+        truth = self._truth
+        if truth and not self._target and truth[0].key == item.key:
+            # The common case: this answers the truth's oldest waiting item.
+            partner = truth.popleft()
+            self.truth_done_end = partner.end
+            if type(partner) is SyncPoint:
+                self._observer.sync_paired(partner, item)  # type: ignore[arg-type]
+            else:
+                self._observer.statements_paired(partner, item)  # type: ignore[arg-type]
             return
         self._target.append(item)
         if self._truth:
@@ -116,17 +136,13 @@ class Pairer:
         self._observer.pairing_abandoned(reason)
 
     def _drain(self) -> None:
-        truth, target, observer = self._truth, self._target, self._observer
+        truth, target = self._truth, self._target
         while truth and target:
             a, b = truth[0], target[0]
             if a.key == b.key:
                 truth.popleft()
                 target.popleft()
-                self.truth_done_end = a.end
-                if type(a) is SyncPoint:
-                    observer.sync_paired(a, b)  # type: ignore[arg-type]
-                else:
-                    observer.statements_paired(a, b)  # type: ignore[arg-type]
+                self._paired(a, b)
             elif a.key < b.key:
                 truth.popleft()
                 self.truth_done_end = a.end
@@ -134,6 +150,13 @@ class Pairer:
             else:
                 target.popleft()
                 self._one_sided(b, "target")
+
+    def _paired(self, truth: Item, target: Item) -> None:
+        self.truth_done_end = truth.end
+        if type(truth) is SyncPoint:
+            self._observer.sync_paired(truth, target)  # type: ignore[arg-type]
+        else:
+            self._observer.statements_paired(truth, target)  # type: ignore[arg-type]
 
     def _one_sided(self, item: Item, side: str) -> None:
         if type(item) is SyncPoint:
