@@ -28,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository, for devtools
 
-from run import (
+from processes import (
     HOST,
     PGBENCH,
     REPO,
@@ -37,9 +37,9 @@ from run import (
     baseline_tree,
     client_env,
     log,
-    pgbench_init,
     remove_tree,
 )
+from run import pgbench_init
 
 from devtools.sandbox import PG15_BINDIR, Sandbox, Server
 

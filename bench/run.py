@@ -17,7 +17,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -30,27 +29,37 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import psutil
+from processes import (
+    DBNAME,
+    MB,
+    PGBENCH,
+    PSQL,
+    USER,
+    Relay,
+    Twinkly,
+    baseline_tree,
+    client_env,
+    free_port,
+    log,
+    remove_tree,
+)  # fmt: skip
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))  # `python bench/run.py` puts bench/, not the repo, on sys.path
+from devtools.pgbouncer import run_pgbouncer, stop_pgbouncer
+from devtools.sandbox import HOST, PG15_BINDIR, Sandbox, Server
 
-from devtools.pgbouncer import run_pgbouncer, stop_pgbouncer  # noqa: E402
-from devtools.sandbox import HOST, PG15_BINDIR, USERS, Sandbox, Server  # noqa: E402
-
-USER, PASSWORD, DBNAME = "twinkly", USERS["twinkly"], "app"
-# One client build for every target, so client-side cost is identical everywhere.
-PGBENCH, PSQL = str(PG15_BINDIR / "pgbench"), str(PG15_BINDIR / "psql")
 BIG_SELECT = "select g, repeat('x', 50) from generate_series(1, {rows}) g"
 BIG_ROWS, FLAT_ROWS = 1_000_000, 5_000_000  # memory must not grow with the answer's size
 # "both": two pgbench at once, one per server, direct: what running every statement on both
-# servers costs this machine with a free proxy (the ceiling for Twinkly). "twinkly" runs the C
-# accelerator, "pure" the same Twinkly with TWINKLY_PURE_PYTHON=1, "workers2" the C one with
-# proxy.workers = 2; all compare, time and write events as configured by default.
-TARGETS = ("direct", "both", "pgbouncer", "twinkly", "pure", "workers2")
+# servers costs this machine with a free proxy (the ceiling for Twinkly). "relay": bench/relay.c,
+# a proxy that fans out and compares nothing (the floor of any fan-out proxy's own cost: its
+# hops, its syscalls). "twinkly" runs the C accelerator, "pure" the same Twinkly with
+# TWINKLY_PURE_PYTHON=1, "workers2" the C one with proxy.workers = 2; all compare, time and
+# write events as configured by default.
+TARGETS = ("direct", "both", "relay", "pgbouncer", "twinkly", "pure", "workers2")
 MODES = {
     "simple": TARGETS,
     "prepared": TARGETS,
-    "extended": ("direct", "both", "twinkly", "pure", "workers2"),
+    "extended": ("direct", "both", "relay", "twinkly", "pure", "workers2"),
 }
 TWINKLIES = ("twinkly", "pure", "workers2")
 GOALS = {
@@ -59,113 +68,6 @@ GOALS = {
     "peak_rss_mb_max": 64.0,
     "cpu_us_per_txn_max": {"simple": 80.0, "extended": 100.0},
 }
-MB = 1024 * 1024
-
-
-def log(msg: str) -> None:
-    print(f"[bench] {msg}", file=sys.stderr, flush=True)
-
-
-def client_env() -> dict[str, str]:
-    """Environment for pgbench/psql: no inherited PG* variable, and no TLS anywhere.
-
-    The servers offer TLS and libpq prefers it, which would slow the direct connections only
-    (Twinkly and pgbouncer talk plain TCP to the backends) and skew the ratios.
-    """
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
-    env.update(PGSSLMODE="disable", PGPASSWORD=PASSWORD, PGCONNECT_TIMEOUT="10", LC_ALL="C")
-    return env
-
-
-def free_port() -> int:
-    """A port the kernel just handed out; the tiny race is acceptable for a benchmark."""
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
-
-
-class Twinkly:
-    """Twinkly as a real ``twistd`` subprocess, configured exactly as a user would."""
-
-    def __init__(
-        self,
-        workdir: Path,
-        pg15: Server,
-        pg18: Server,
-        extra: str = "",
-        env: dict[str, str] | None = None,
-    ) -> None:
-        workdir.mkdir(exist_ok=True)
-        self.env = env or {}
-        self.port, self.log_path = free_port(), workdir / "twistd.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.rss_at_start: float | None = None
-        q = json.dumps
-        sections = "".join(
-            f"  {key} {{ label = {q(s.label)}, host = {q(s.host)}, port = {s.port},"
-            f" user = {q(USER)}, password = {q(PASSWORD)}, database = {q(DBNAME)}, tls = disable"
-            " }\n"
-            for key, s in (("postgresql", pg15), ("yugabytedb", pg18))
-        )
-        config = workdir / "twinkly.conf"
-        config.write_text(
-            f"proxy {{\n  listen-address = {q(HOST)}\n  listen-port = {self.port}\n"
-            f"  shutdown-timeout = 2\n  auth {{ method = trust }}\n{sections}}}\n"
-            'comparison { enabled = true, source-of-truth = "postgresql" }\n' + extra
-        )
-        twistd = Path(sys.executable).parent / "twistd"
-        self.cmd = [str(twistd), "-n", "--pidfile=", "twinkly", "--config", str(config)]
-
-    def start(self, timeout: float = 30.0) -> None:
-        env = {**os.environ, "PYTHONPATH": str(REPO), **self.env}
-        with open(self.log_path, "wb") as out:
-            # Own session: a Ctrl-C reaches only us, so we stop Twinkly in order, by PID.
-            self.proc = subprocess.Popen(
-                self.cmd, cwd=self.log_path.parent, env=env, stdin=subprocess.DEVNULL,
-                stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-            )  # fmt: skip
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and self.proc.poll() is None:
-            with contextlib.suppress(OSError), socket.create_connection((HOST, self.port), 0.5):
-                self.rss_at_start = self.rss()
-                return
-            time.sleep(0.05)
-        raise RuntimeError(f"Twinkly did not listen on port {self.port} (exit {self.proc.poll()})")
-
-    def log_tail(self, chars: int = 3000) -> str:
-        return self.log_path.read_text(errors="replace")[-chars:] if self.log_path.exists() else ""
-
-    def rss(self) -> float:
-        assert self.proc is not None
-        return psutil.Process(self.proc.pid).memory_info().rss / MB
-
-    def cpu_seconds(self) -> float:
-        """User + system CPU of the twistd process and its children, running (the
-        workers) or ended (from /proc)."""
-        assert self.proc is not None
-        process = psutil.Process(self.proc.pid)
-        t = process.cpu_times()
-        total = t.user + t.system + t.children_user + t.children_system
-        for child in process.children(recursive=True):
-            with contextlib.suppress(psutil.Error):
-                c = child.cpu_times()
-                total += c.user + c.system
-        return total
-
-    def accelerator(self) -> str:
-        """What the start-up log says runs: "C" or "pure-Python"."""
-        match = re.search(r"hot path: (\S+) implementation", self.log_tail(100_000))
-        return match.group(1) if match else "?"
-
-    def stop(self) -> None:
-        """SIGTERM (graceful, bounded by shutdown-timeout), then SIGKILL if it lingers."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
 
 
 def peak_rss_during(pid: int, work: Callable[[], float]) -> tuple[float, float]:
@@ -244,7 +146,7 @@ def rotated(items: tuple[str, ...], shift: int) -> list[str]:
 
 
 def measure(
-    args: argparse.Namespace, ports: dict[str, Any], twinklies: dict[str, Twinkly]
+    args: argparse.Namespace, ports: dict[str, Any], twinklies: dict[str, Twinkly], relay: Relay
 ) -> dict[str, Any]:
     """All measurements; returns the JSON-able results."""
     log("warm-up: a short simple run on every target (also checks that each one works)")
@@ -262,7 +164,8 @@ def measure(
         for mode, per_target in runs.items():
             for target in rotated(tuple(per_target), rnd):
                 log(f"round {rnd + 1}/{args.rounds}: -M {mode} on {target}")
-                result = one_run(args, ports, twinklies.get(target), target, mode)
+                proxy = relay if target == "relay" else twinklies.get(target)
+                result = one_run(args, ports, proxy, target, mode)
                 per_target[target].append(result)
     pgbench = summarise(runs)
     # The 1M-row SELECT and its RSS are one process's: the single-worker Twinklies.
@@ -283,18 +186,18 @@ def measure(
 def one_run(
     args: argparse.Namespace,
     ports: dict[str, Any],
-    twinkly: Twinkly | None,
+    proxy: Twinkly | Relay | None,
     target: str,
     mode: str,
 ) -> dict[str, Any]:
-    """One pgbench run on one target; for a Twinkly, also its CPU per transaction."""
-    cpu_before = twinkly.cpu_seconds() if twinkly else 0.0
+    """One pgbench run on one target; for a proxy of ours, also its CPU per transaction."""
+    cpu_before = proxy.cpu_seconds() if proxy else 0.0
     if target == "both":
         result = pgbench_both(ports["both"], mode, args)
     else:
         result = pgbench_run(ports[target], mode, args, args.duration)
-    if twinkly is not None and result.get("txns"):
-        result["cpu_us_per_txn"] = (twinkly.cpu_seconds() - cpu_before) * 1e6 / result["txns"]
+    if proxy is not None and result.get("txns"):
+        result["cpu_us_per_txn"] = (proxy.cpu_seconds() - cpu_before) * 1e6 / result["txns"]
     if result["error"]:
         log(f"  failed: {result['error']}")
     else:
@@ -402,6 +305,7 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> str:
     lines = [
         f"Twinkly benchmark ({head} {args.rounds} rounds x {args.duration}s, median TPS)",
         "targets: both = pgbench on PG 15 and PG 18 at once, direct (the lower TPS);"
+        " relay = fan-out to both, nothing compared (bench/relay.c);"
         + "".join(
             f" {name} = Twinkly at {args.baseline};"
             if name == "baseline"
@@ -477,27 +381,6 @@ def optional_twinklies(
             MODES[mode] = (*MODES[mode], name)
         log(f"Twinkly {name} on port {twinkly.port}")
     return started
-
-
-def baseline_tree(rev: str, tree: Path) -> Path:
-    """A checkout of ``rev`` (a git worktree of this repository), with its C extension
-    built in place when that revision has one."""
-    subprocess.run(
-        ["git", "-C", str(REPO), "worktree", "add", "--detach", "--force", str(tree), rev],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    if (tree / "setup.py").exists():
-        subprocess.run(
-            [sys.executable, "setup.py", "-q", "build_ext", "--inplace"],
-            cwd=tree, check=True, capture_output=True,
-        )  # fmt: skip
-    return tree
-
-
-def remove_tree(tree: Path) -> None:
-    subprocess.run(
-        ["git", "-C", str(REPO), "worktree", "remove", "--force", str(tree)], capture_output=True
-    )
 
 
 def kill_pidfile(pidfile: Path) -> None:
@@ -581,6 +464,10 @@ def main(argv: list[str] | None = None) -> int:
         workers2.start()
         time.sleep(2.0)  # the second worker may still be starting when the first listens
         log(f"Twinkly with 2 workers on port {workers2.port}")
+        relay = Relay(workdir / "relay", pg15, pg18)
+        cleanups.append(("relay", relay.stop))
+        relay.start()
+        log(f"fan-out relay (pid {relay.proc.pid if relay.proc else '?'}) on port {relay.port}")
         twinklies = {"twinkly": twinkly, "pure": pure, "workers2": workers2}
         twinklies.update(optional_twinklies(args, workdir, pg15, pg18, cleanups))
         bouncer_port, pidfile = free_port(), workdir / "pgbouncer" / "pgbouncer.pid"
@@ -591,13 +478,14 @@ def main(argv: list[str] | None = None) -> int:
         ports: dict[str, Any] = {
             "direct": pg15.port,
             "both": (pg15.port, pg18.port),
+            "relay": relay.port,
             "pgbouncer": bouncer_port,
             "twinkly": twinkly.port,
             "pure": pure.port,
             "workers2": workers2.port,
         }
         ports.update((name, t.port) for name, t in twinklies.items() if name not in ports)
-        results = measure(args, ports, twinklies)
+        results = measure(args, ports, twinklies, relay)
         elapsed = time.monotonic() - started
         settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
         results.update(settings=settings, goals=GOALS, elapsed_s=elapsed)
