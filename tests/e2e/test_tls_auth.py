@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
+from pathlib import Path
 
 import asyncpg
 import pg8000.native
@@ -164,6 +165,13 @@ def test_client_tls(start_proxy, sandbox) -> None:
         psycopg.connect(plain.dsn(sslmode="require"))
     with psycopg.connect(plain.dsn(sslmode="prefer"), autocommit=True) as conn:
         assert not conn.pgconn.ssl_in_use
+    # The plain one never loaded pyOpenSSL or cryptography (about 11 MB resident); the
+    # TLS one did, and each says so at start-up.
+    assert "TLS stack not loaded (no TLS configured)" in plain.log_text()
+    assert "TLS stack loaded" in proxy.log_text()
+    mapped = Path(f"/proc/{plain.pid}/maps").read_text()
+    assert "cryptography" not in mapped and "OpenSSL" not in mapped
+    assert "cryptography" in Path(f"/proc/{proxy.pid}/maps").read_text()
 
 
 def test_unreachable_target_is_named_and_does_not_hang(start_proxy) -> None:

@@ -15,6 +15,7 @@ from twisted.internet.interfaces import IListeningPort, IReactorCore, IReactorTC
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from twinkly.app import tls_stack
 from twinkly.app.reactor_turn import quick_timers
 from twinkly.proxy.client import fatal
 from twinkly.proxy.factory import ProxyFactory
@@ -59,11 +60,13 @@ class ProxyService(Service):
         quick_timers(self.reactor)
         log.info(
             "hot path: {accelerator} implementation of twinkly.wire.accel{why},"
-            " {tracker} response tracker; reactor events dispatched {dispatch}",
+            " {tracker} response tracker; reactor events dispatched {dispatch};"
+            " TLS stack {tls}",
             accelerator="C" if accel.IMPLEMENTATION == "c" else "pure-Python",
             why=accel.reason(),
             tracker="C" if responses.IMPLEMENTATION == "c" else "pure-Python",
             dispatch="directly" if direct else "through Twisted's log context",
+            tls="loaded" if tls_stack.loaded() else "not loaded (no TLS configured)",
         )
         proxy = self.factory.config.proxy
         # Listening happens before the reactor runs, so a taken port stops start-up.

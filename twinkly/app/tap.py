@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
-from twisted.application.service import MultiService
 from twisted.python import usage
 
-from twinkly.app.service import IServiceReactor
-from twinkly.app.wiring import WorkerPlace, build_service
+from twinkly.app import tls_stack
 from twinkly.config.schema import ConfigError, load
+
+if TYPE_CHECKING:  # the service's modules import Twisted's TCP: only once TLS is decided
+    from twisted.application.service import MultiService
+
+    from twinkly.app.service import IServiceReactor
 
 
 def _listen(value: str) -> tuple[str, int]:
@@ -95,12 +98,15 @@ class Options(usage.Options):
 
 def makeService(options: Options, reactor: IServiceReactor | None = None) -> MultiService:
     """The service tree twistd runs; ``reactor`` is given by tests (twistd gives none)."""
+    config = options["parsed"]
     if reactor is None:
+        tls_stack.keep_unloaded(config, manhole=options["manhole-port"] is not None)
         from twisted.internet import reactor as installed  # noqa: TID251
 
         # mypy sees the module twisted.internet.reactor; installed, it is the reactor.
-        reactor = cast(IServiceReactor, installed)
-    config = options["parsed"]
+        reactor = cast("IServiceReactor", installed)
+    from twinkly.app.wiring import WorkerPlace, build_service
+
     try:
         if options["worker"] is not None:
             place = WorkerPlace(options["worker"], options["run-dir"])

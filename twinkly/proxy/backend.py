@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from twisted.internet import defer, ssl
+from twisted.internet import defer
 from twisted.internet.endpoints import HostnameEndpoint, UNIXClientEndpoint
 from twisted.internet.interfaces import (
     IDelayedCall,
@@ -65,6 +65,8 @@ def startup_parameters(config: BackendConfig, client: dict[str, str]) -> dict[st
 
 
 def _tls_options(config: BackendConfig) -> IOpenSSLClientConnectionCreator:
+    from twisted.internet import ssl  # pyOpenSSL: loaded only where TLS is configured
+
     if config.tls == "verify-full":
         with open(config.ca_file or "", "rb") as f:
             return ssl.optionsForClientTLS(config.host, trustRoot=ssl.Certificate.loadPEM(f.read()))

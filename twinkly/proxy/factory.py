@@ -10,9 +10,9 @@ import secrets
 import time
 from collections import Counter
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from twisted.internet import defer, ssl
+from twisted.internet import defer
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -29,6 +29,9 @@ from twinkly.proxy.session import Session, session_counters
 from twinkly.proxy.transports import IStreamTransport
 from twinkly.tracking.pairing import PairCounter
 from twinkly.wire.backend import BackendKeyData
+
+if TYPE_CHECKING:
+    from twisted.internet.ssl import CertificateOptions
 
 __all__ = ["ProxyFactory", "make_router"]
 
@@ -164,10 +167,12 @@ class ProxyFactory(Factory):
         entry[1].cancel(self.reactor)
 
 
-def _server_tls_options(config: Config) -> ssl.CertificateOptions | None:
+def _server_tls_options(config: Config) -> CertificateOptions | None:
     cert_file, key_file = config.proxy.tls_cert_file, config.proxy.tls_key_file
     if not cert_file or not key_file:
         return None
+    from twisted.internet import ssl  # pyOpenSSL: loaded only where TLS is configured
+
     with open(cert_file, "rb") as f:
         cert = f.read()
     with open(key_file, "rb") as f:
