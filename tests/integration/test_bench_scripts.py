@@ -3,11 +3,13 @@ breaks one is found here, not on the day someone needs the figures."""
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
+import psycopg
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
@@ -34,3 +36,30 @@ def test_the_comparator_benchmark_judges_and_times() -> None:
 def test_the_other_benchmarks_start(script: str) -> None:
     """Their imports and arguments (a whole run needs servers, and minutes)."""
     assert "--baseline" in bench(script, "--help")
+
+
+def test_the_fan_out_relay_answers_with_the_truth_and_runs_on_both(servers, tmp_path) -> None:
+    """bench/relay.py: the floor row of bench/run.py must measure a working fan-out."""
+    sys.path.insert(0, str(REPO / "bench"))
+    from processes import Relay
+
+    pg15, pg18 = servers
+    relay = Relay(tmp_path, pg15, pg18)
+    relay.start()
+    try:
+        table = f"relay_probe_{os.getpid()}"
+        with psycopg.connect(
+            host="127.0.0.1", port=relay.port, user="twinkly", dbname="app", sslmode="disable"
+        ) as conn:
+            conn.autocommit = True
+            assert conn.info.parameter_status("server_version").startswith("15.")
+            conn.execute(f"create table {table} (n int)")
+            conn.execute(f"insert into {table} select generate_series(1, 3)")
+            version = conn.execute("select current_setting('server_version_num')").fetchone()
+            assert version is not None and version[0].startswith("15")
+        for server in (pg15, pg18):  # the statements ran on both
+            with psycopg.connect(server.dsn(), autocommit=True) as direct:
+                assert direct.execute(f"select count(*) from {table}").fetchone() == (3,)
+                direct.execute(f"drop table {table}")
+    finally:
+        relay.stop()
