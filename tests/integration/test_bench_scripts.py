@@ -3,6 +3,7 @@ breaks one is found here, not on the day someone needs the figures."""
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import subprocess
@@ -63,3 +64,35 @@ def test_the_fan_out_relay_answers_with_the_truth_and_runs_on_both(servers, tmp_
                 direct.execute(f"drop table {table}")
     finally:
         relay.stop()
+
+
+def test_the_report_judges_every_goal_and_compares_cpu_with_the_baseline() -> None:
+    sys.path.insert(0, str(REPO / "bench"))
+    import run
+
+    def entry(tps: float, ratio: float, cpu: float | None) -> dict:
+        return {"runs_tps": [tps], "median_tps": tps, "ratio": ratio,
+                "cpu_us_per_txn": cpu, "errors": []}  # fmt: skip
+
+    pgbench = {
+        mode: {
+            "direct": entry(1000, 1.0, None),
+            "twinkly": entry(ratio * 1000, ratio, cpu),
+            "baseline": entry(150, 0.15, 200.0),
+        }
+        for mode, ratio, cpu in (("simple", 0.31, 79.0), ("prepared", 0.24, 90.0),
+                                 ("extended", 0.26, 101.0))
+    }  # fmt: skip
+    rss = {"twinkly": {"baseline_mb": 50.0, "peak_mb": 52.0, "peak_5m_mb": 52.0}}
+    big = {"direct": {"median_s": 1.0}, "twinkly": {"median_s": 1.2, "ratio": 1.2}}
+    results = {"pgbench": pgbench, "big_select": big, "twinkly_rss": rss, "accelerators": {}}
+    args = argparse.Namespace(clients=4, threads=2, scale=10, rounds=1, duration=1,
+                              baseline="abc123")  # fmt: skip
+    lines = run.report(results, args).splitlines()
+    goals = {line.split()[0]: line for line in lines if " twinkly " in line and "TPS >=" in line}
+    assert "TPS >= 0.30x PASS, CPU <= 80 PASS" in goals["simple"]
+    assert "TPS >= 0.25x FAIL" in goals["prepared"]
+    assert "TPS >= 0.25x PASS, CPU <= 100 FAIL" in goals["extended"]
+    assert "  simple    twinkly 0.40x" in lines
+    assert "  extended  twinkly 0.51x" in lines
+    assert any("1.20x direct" in line and "peak 52.0 MB" in line for line in lines)
