@@ -96,10 +96,13 @@ def test_max_sample_rows_and_redaction(start_proxy) -> None:
 
 
 def test_log_differences_only_keeps_noise_out_of_the_report(start_proxy) -> None:
-    quiet = start_proxy("quiet", extra="comparison.log-differences-only = true")
+    quiet = start_proxy(
+        "quiet",
+        extra="comparison.log-differences-only = true\ncomparison.report-slow-queries = false",
+    )
     run(quiet.dsn(), "select random()")
     assert events_of(quiet) == []
-    loud = start_proxy("loud")
+    loud = start_proxy("loud", extra="comparison.report-slow-queries = false")
     run(loud.dsn(), "select random()")
     assert [e["kind"] for e in events_of(loud)] == ["noise"]
 

@@ -3,12 +3,15 @@ to proxy.shutdown-timeout, then closes them (and their backends) and exits."""
 
 from __future__ import annotations
 
+import ast
+import re
 import signal
 import threading
 import time
 
 import psycopg
 import pytest
+from pgwire import RawClient, message, query_message
 from proxyproc import CLEAN_EXIT
 
 pytestmark = pytest.mark.backends
@@ -90,3 +93,22 @@ def test_sigterm_without_sessions_exits_at_once(start_proxy) -> None:
     code = proxy.process.wait(10)
     assert code in CLEAN_EXIT
     assert time.monotonic() - started < 1.0
+
+
+def test_sigterm_waits_for_answers_a_leaving_client_left_owed(start_proxy) -> None:
+    """A client that sends a query and its Terminate at once has left before either server
+    answers; its backends are drained so the answers still get compared. A SIGTERM at that
+    moment waits for them: the totals count the statement, none is lost from the report."""
+    proxy = start_proxy("sigterm-drain", shutdown_timeout="5s")
+    with RawClient("127.0.0.1", proxy.port) as client:
+        client.startup("twinkly", "app", application_name="twinkly-e2e-sigterm-drain")
+        client.send(query_message("select 42 from pg_sleep(0.8)") + message(b"X"))
+        client.read_until_closed()
+    proxy.process.send_signal(signal.SIGTERM)
+    code = proxy.process.wait(15)
+    assert code in CLEAN_EXIT, proxy.log_text()
+    found = re.search(r"comparison totals: (\{.*?\})", proxy.log_text())
+    assert found is not None, proxy.log_text()[-2000:]
+    totals = ast.literal_eval(found[1])
+    assert totals["matched"] >= 1 and totals["not_compared"] == 0, totals
+    assert "waiting for 2 backend connections to send what they owe" in proxy.log_text()

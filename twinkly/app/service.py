@@ -108,6 +108,23 @@ class ProxyService(Service):
         )
         release_freed_memory()
 
+    @defer.inlineCallbacks
+    def _drained(self, deadline: float):  # type: ignore[no-untyped-def]
+        """Wait, until ``deadline`` (or a second from now, if later), for the backends of
+        ended sessions to send the answers they owe: they are compared before the totals
+        and the report close. Then whatever is left is cut off."""
+        draining = self.factory.draining
+        if not draining:
+            return
+        log.info("waiting for {count} backend connections to send what they owe",
+                 count=len(draining))  # fmt: skip
+        deadline = max(deadline, self.reactor.seconds() + 1.0)
+        while draining and self.reactor.seconds() < deadline:
+            yield _sleep(self.reactor, 0.05)
+        for backend in list(draining):
+            if backend.transport is not None:
+                backend.transport.abortConnection()  # type: ignore[attr-defined]
+
     def _cannot_listen(self, failure: Failure) -> None:
         log.failure("cannot listen", failure)
         self.reactor.stop()
@@ -119,14 +136,14 @@ class ProxyService(Service):
             yield self.port.stopListening()
             self.port = None
         clients = self.factory.clients
+        timeout = self.factory.config.proxy.shutdown_timeout
+        deadline = self.reactor.seconds() + timeout
         if clients:
-            timeout = self.factory.config.proxy.shutdown_timeout
             log.info(
                 "waiting up to {timeout}s for {count} sessions to end",
                 timeout=timeout,
                 count=len(clients),
             )
-            deadline = self.reactor.seconds() + timeout
             while clients and self.reactor.seconds() < deadline:
                 yield _sleep(self.reactor, 0.1)
         for client in list(clients):
@@ -141,6 +158,7 @@ class ProxyService(Service):
             yield _sleep(self.reactor, 0.05)
         for client in list(clients):
             client.transport.abortConnection()
+        yield self._drained(deadline)
         monitor = self.monitor
         if monitor is not None:
             # slow_query events still waiting for their plans (bounded by the EXPLAIN

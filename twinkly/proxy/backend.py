@@ -100,6 +100,8 @@ class BackendProtocol(Protocol):
         self.leftover: list[tuple[int, bytes]] = []
         self.on_data: Callable[[bytes], None] | None = None
         self.on_lost: Callable[[BackendProtocol, Failure], None] | None = None
+        self.draining = False  # terminated, open until the server has sent what it owes
+        self.after_drain: Callable[[BackendProtocol], None] | None = None
         self._auth = BackendAuthenticator(parameters["user"], config.password, config.describe())
         self._awaiting_ssl = False
         self._timeout: IDelayedCall | None = None
@@ -149,6 +151,10 @@ class BackendProtocol(Protocol):
         elif self.on_lost is not None:
             on_lost, self.on_lost = self.on_lost, None
             on_lost(self, reason)
+        self.draining = False
+        if self.after_drain is not None:
+            after_drain, self.after_drain = self.after_drain, None
+            after_drain(self)
 
     def terminate(self, send: bool = True, drain: float = 0.0) -> None:
         """Say goodbye politely (unless already said), then close.
@@ -165,6 +171,7 @@ class BackendProtocol(Protocol):
         if send:
             transport.write(encode(Terminate()))
         if drain > 0:
+            self.draining = True
             transport.resumeProducing()
             self._timeout = self.clock.callLater(drain, transport.abortConnection)
         else:

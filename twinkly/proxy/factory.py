@@ -74,6 +74,9 @@ class ProxyFactory(Factory):
         # With several workers: (owner index, process id, secret) to the owning worker.
         self._forward_cancel = forward_cancel
         self.clients: set[ClientProtocol] = set()
+        # Backends of ended sessions still sending answers owed (compared when they come):
+        # a shutdown waits for them before the totals and the report are final.
+        self.draining: set[BackendProtocol] = set()
         self.sessions: dict[int, tuple[bytes, Session]] = {}
         self.tls_options = _server_tls_options(config)
         self.router = make_router(config)
@@ -154,6 +157,10 @@ class ProxyFactory(Factory):
         process_id = session.session_id
         if process_id is not None and self.sessions.pop(process_id, None) is not None:
             self.closed_totals.update(session_counters(session))
+        for backend in (session.truth, session.target):
+            if backend is not None and backend.draining:
+                self.draining.add(backend)
+                backend.after_drain = self.draining.discard
 
     def cancel(self, process_id: int, secret: bytes) -> None:
         owner = self.keys.owner(secret)
