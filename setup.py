@@ -2,7 +2,7 @@
 
 ``optional=True``: without a working compiler (or Python headers) the build says so and
 goes on, and Twinkly runs its pure-Python implementation (twinkly/wire/accel.py,
-twinkly/tracking/python_tracker.py).
+twinkly/tracking/python_tracker.py, twinkly/compare/lane.py).
 """
 
 from setuptools import Extension, setup
@@ -21,7 +21,15 @@ setup(
                 "twinkly/tracking/_tracker.c",
                 "twinkly/tracking/_tracker_machine.c",
                 "twinkly/tracking/_tracker_results.c",
+                "twinkly/tracking/_pairer.c",
             ],
+            depends=["twinkly/tracking/_tracker.h"],
+            extra_compile_args=["-O2"],
+            optional=True,
+        ),
+        Extension(
+            "twinkly.compare._lane",
+            sources=["twinkly/compare/_lane.c"],
             depends=["twinkly/tracking/_tracker.h"],
             extra_compile_args=["-O2"],
             optional=True,

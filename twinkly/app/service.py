@@ -17,6 +17,7 @@ from twisted.python.failure import Failure
 
 from twinkly.app import tls_stack
 from twinkly.app.reactor_turn import quick_timers
+from twinkly.compare import lane
 from twinkly.proxy.client import fatal
 from twinkly.proxy.factory import ProxyFactory
 from twinkly.proxy.sockets import direct_dispatch
@@ -60,11 +61,13 @@ class ProxyService(Service):
         quick_timers(self.reactor)
         log.info(
             "hot path: {accelerator} implementation of twinkly.wire.accel{why},"
-            " {tracker} response tracker; reactor events dispatched {dispatch};"
+            " {tracker} response tracker and pairer, {lane} matched lane;"
+            " reactor events dispatched {dispatch};"
             " TLS stack {tls}",
             accelerator="C" if accel.IMPLEMENTATION == "c" else "pure-Python",
             why=accel.reason(),
             tracker="C" if responses.IMPLEMENTATION == "c" else "pure-Python",
+            lane="C" if lane.IMPLEMENTATION == "c" else "pure-Python",
             dispatch="directly" if direct else "through Twisted's log context",
             tls="loaded" if tls_stack.loaded() else "not loaded (no TLS configured)",
         )

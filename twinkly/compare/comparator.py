@@ -205,7 +205,7 @@ class Comparator:
                 monitor.taint(info.writes, event["id"])
             return
         if truth.columns != target.columns and not truth.columns_described:
-            problems = _column_problems(truth.columns, target.columns)
+            problems = column_problems(truth.columns, target.columns)
             if problems:
                 info = self._info(truth)
                 self._mismatch("column_mismatch", truth, target, info, differences=list(problems))
@@ -433,7 +433,7 @@ class Comparator:
 
 
 @lru_cache(maxsize=1024)
-def _column_problems(truth: bytes | None, target: bytes | None) -> tuple[str, ...]:
+def column_problems(truth: bytes | None, target: bytes | None) -> tuple[str, ...]:
     """Column differences of two RowDescriptions; cached, since their bytes always differ
     (table OIDs are per server) while the shapes repeat."""
     return tuple(

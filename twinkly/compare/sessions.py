@@ -1,5 +1,6 @@
 """The comparison side as the proxy sees it: one comparator per session, over the
-state all sessions share (``shared_state.Monitor``)."""
+state all sessions share (``shared_state.Monitor``), behind the matched lane that
+settles its plainly equal answers (``lane.MatchedLane``)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from collections.abc import Callable
 from zope.interface import implementer
 
 from twinkly.compare.comparator import Comparator
+from twinkly.compare.lane import MatchedLane
 from twinkly.compare.shared_state import Monitor
 from twinkly.interfaces import IComparison, IPairObserver, ISessionFacts, IVerdictListener
 
@@ -25,7 +27,7 @@ class SessionComparisons:
         return self.monitor.settings.max_compared_rows
 
     def observer(self, facts: ISessionFacts, verdicts: IVerdictListener | None) -> IPairObserver:
-        return Comparator(self.monitor, facts, verdicts, self._clock)
+        return MatchedLane(Comparator(self.monitor, facts, verdicts, self._clock))
 
     def analyze(self, sql: str) -> tuple:
         return self.monitor.cache.get(sql)

@@ -19,6 +19,7 @@ from prometheus_client.core import (
     HistogramMetricFamily,
 )
 
+from twinkly.compare import lane
 from twinkly.perf.latency import LatencyHistogram
 from twinkly.proxy.session import session_counters
 from twinkly.tracking import responses
@@ -41,11 +42,11 @@ class ProxyCollector:
         live = [session for _, session in factory.sessions.values()]
         build = GaugeMetricFamily(
             "twinkly_build_info",
-            "Always 1; accelerator and tracker say which hot-path implementation runs"
-            " (c or python).",
-            labels=["accelerator", "tracker"],
+            "Always 1; accelerator, tracker (and pairer) and lane say which hot-path"
+            " implementation runs (c or python).",
+            labels=["accelerator", "tracker", "lane"],
         )
-        build.add_metric([accel.IMPLEMENTATION, responses.IMPLEMENTATION], 1)
+        build.add_metric([accel.IMPLEMENTATION, responses.IMPLEMENTATION, lane.IMPLEMENTATION], 1)
         yield build
         yield GaugeMetricFamily("twinkly_sessions", "Client sessions open now.", len(live))
         yield CounterMetricFamily(

@@ -11,9 +11,9 @@
  * register(result_type, sync_type), so what the tracker emits is what Python code
  * imports and checks with ``type(item) is SyncPoint``.
  *
- * Three files share _tracker.h: _tracker_results.c (Result and Sync), _tracker_machine.c
- * (what each backend message does to what is owed) and this one (the ResponseTracker
- * type and the module).
+ * Four files share _tracker.h: _tracker_results.c (Result and Sync), _tracker_machine.c
+ * (what each backend message does to what is owed), _pairer.c (the pairer's common
+ * steps, PairerCore) and this one (the ResponseTracker type and the module).
  */
 #include "_tracker.h"
 
@@ -385,7 +385,7 @@ PyMODINIT_FUNC
 PyInit__tracker(void)
 {
     if (PyType_Ready(&ResultType) < 0 || PyType_Ready(&SyncType) < 0 ||
-        PyType_Ready(&TrackerType) < 0)
+        PyType_Ready(&TrackerType) < 0 || pairer_ready() < 0)
         return NULL;
     for (int k = 0; k < K_COUNT; k++) {
         kind_strs[k] = PyUnicode_InternFromString(kind_names[k]);
@@ -405,6 +405,7 @@ PyInit__tracker(void)
     if (PyModule_AddObjectRef(m, "Result", (PyObject *)&ResultType) < 0 ||
         PyModule_AddObjectRef(m, "Sync", (PyObject *)&SyncType) < 0 ||
         PyModule_AddObjectRef(m, "ResponseTracker", (PyObject *)&TrackerType) < 0 ||
+        PyModule_AddObjectRef(m, "PairerCore", (PyObject *)&PairerCoreType) < 0 ||
         PyModule_AddIntConstant(m, "SUB_BITS", SUB_BITS) < 0) {
         Py_DECREF(m);
         return NULL;

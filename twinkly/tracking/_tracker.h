@@ -91,4 +91,8 @@ int scan_rows(Tracker *t, Result *r, const unsigned char *data, Py_ssize_t size,
               Py_ssize_t *pos, Py_ssize_t limit, Py_ssize_t *room, Py_ssize_t *rows,
               uint64_t *digest);
 
+/* _pairer.c */
+extern PyTypeObject PairerCoreType;
+int pairer_ready(void);
+
 #endif

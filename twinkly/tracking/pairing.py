@@ -5,17 +5,30 @@ key of the client message (and statement) it answers. Each side's items arrive i
 order, so the pairer merges the two streams: equal keys pair; an item whose key the
 other side has already passed has no partner (that backend skipped it, after an error,
 or ignored a Sync during COPY) and is reported as one-sided. No timer is involved.
+
+Two implementations of one ``Pairer``: the reference ``PythonPairer``, and ``CPairer``,
+which does the two steps nearly every item takes (pair at once with the other side's
+oldest, or wait while the other side has nothing) in C (``PairerCore`` in
+``_tracker.c``'s extension) and leaves the rest to the reference. ``Pairer`` is the one
+that runs with the C tracker; ``PYTHON`` and ``C`` (None when not built) hold each.
 """
 
 from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from zope.interface import implementer
 
 from twinkly.interfaces import IPairObserver
+from twinkly.tracking import responses
 from twinkly.tracking.responses import Item, StatementResult, SyncPoint
+
+# Either tracker's sync points (tests feed one pairer both kinds).
+_SYNC_POINTS = frozenset(
+    impl.SyncPoint for impl in (responses.PYTHON, responses.C) if impl is not None
+)
 
 
 @implementer(IPairObserver)
@@ -44,7 +57,7 @@ class PairCounter:
         self.abandoned = reason
 
 
-class Pairer:
+class PythonPairer:
     """Holds each side's finished items until the other side's counterpart arrives.
 
     ``max_held`` bounds memory: when one side gets that far ahead, pairing for the
@@ -91,7 +104,7 @@ class Pairer:
             # The target answered first: pair at once (what _drain does, without a queue).
             partner = target.popleft()
             self.truth_done_end = item.end
-            if type(item) is SyncPoint:
+            if type(item) in _SYNC_POINTS:
                 self._observer.sync_paired(item, partner)  # type: ignore[arg-type]
             else:
                 self._observer.statements_paired(item, partner)  # type: ignore[arg-type]
@@ -111,7 +124,7 @@ class Pairer:
             # The common case: this answers the truth's oldest waiting item.
             partner = truth.popleft()
             self.truth_done_end = partner.end
-            if type(partner) is SyncPoint:
+            if type(partner) in _SYNC_POINTS:
                 self._observer.sync_paired(partner, item)  # type: ignore[arg-type]
             else:
                 self._observer.statements_paired(partner, item)  # type: ignore[arg-type]
@@ -153,15 +166,35 @@ class Pairer:
 
     def _paired(self, truth: Item, target: Item) -> None:
         self.truth_done_end = truth.end
-        if type(truth) is SyncPoint:
+        if type(truth) in _SYNC_POINTS:
             self._observer.sync_paired(truth, target)  # type: ignore[arg-type]
         else:
             self._observer.statements_paired(truth, target)  # type: ignore[arg-type]
 
     def _one_sided(self, item: Item, side: str) -> None:
-        if type(item) is SyncPoint:
+        if type(item) in _SYNC_POINTS:
             self.unpaired_syncs += 1  # a Sync one backend ignored (during COPY)
             if side == "truth":
                 self._observer.truth_sync_alone(item)
         else:
             self._observer.statement_unpaired(item, side)  # type: ignore[arg-type]
+
+
+PYTHON = PythonPairer
+C: type[PythonPairer] | None = None
+if responses.C is not None:
+    from twinkly.tracking.results import _tracker as _c_tracker
+
+    class CPairer(_c_tracker.PairerCore, PythonPairer):  # type: ignore[misc, name-defined]
+        """``add_truth`` and ``add_target`` in C for the C tracker's items; anything the C
+        steps do not cover goes, untouched, to the reference's."""
+
+        _reference_add_truth = PythonPairer.add_truth
+        _reference_add_target = PythonPairer.add_target
+
+    C = CPairer
+
+if TYPE_CHECKING:
+    Pairer = PythonPairer
+else:
+    Pairer = C if C is not None and responses.IMPLEMENTATION == "c" else PYTHON

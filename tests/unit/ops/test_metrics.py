@@ -61,11 +61,16 @@ class MetricsTests(SynchronousTestCase):
         self.assertEqual(samples[("twinkly_backpressure_pauses_total", (("paused", "truth"),))], 4)
 
     def test_build_info_names_the_accelerator(self) -> None:
+        from twinkly.compare import lane
         from twinkly.tracking import responses
         from twinkly.wire import accel
 
         samples = self.scrape(FakeFactory())
-        labels = (("accelerator", accel.IMPLEMENTATION), ("tracker", responses.IMPLEMENTATION))
+        labels = (
+            ("accelerator", accel.IMPLEMENTATION),
+            ("lane", lane.IMPLEMENTATION),
+            ("tracker", responses.IMPLEMENTATION),
+        )
         key = ("twinkly_build_info", labels)
         self.assertEqual(samples[key], 1)
 

@@ -1,12 +1,20 @@
-"""Pairer: merging the two backends' results by the client message they answer."""
+"""Pairer: merging the two backends' results by the client message they answer.
+
+Every case runs on the Python reference with the Python tracker's items, and on the C
+pairer with the C tracker's items and with the Python tracker's (which it leaves to the
+reference); the C variants are skipped when the extension was not built."""
 
 from __future__ import annotations
+
+import sys
+from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from twinkly.interfaces import IPairObserver
+from twinkly.tracking import pairing, responses
 from twinkly.tracking.pairing import PairCounter, Pairer
 from twinkly.tracking.responses import SUB_BITS, SYNC_SUB, StatementResult, SyncPoint
 
@@ -80,7 +88,7 @@ def interleavings(truth: list, target: list) -> dict[str, list[tuple[str, object
     }
 
 
-class PairerTests(SynchronousTestCase):
+class PairerCases:
     def run_orders(self, truth_spec: str, target_spec: str, expected: list[tuple]) -> None:
         truth, target = items(truth_spec), items(target_spec)
         for order, arrivals in interleavings(truth, target).items():
@@ -170,7 +178,7 @@ class PairerTests(SynchronousTestCase):
         self.assertEqual((pairer.truth_ahead, pairer.target_ahead), (0, 0))
 
 
-class CapTests(SynchronousTestCase):
+class CapCases:
     def test_truth_too_far_ahead(self) -> None:
         recorder = Recorder()
         pairer = Pairer(recorder, max_held=3)
@@ -225,7 +233,7 @@ class CapTests(SynchronousTestCase):
         self.assertEqual(len(recorder.calls), 1)
 
 
-class ObserverTests(SynchronousTestCase):
+class ObserverCases:
     def test_observers_provide_the_interface(self) -> None:
         self.assertTrue(verifyObject(IPairObserver, PairCounter()))
         self.assertTrue(verifyObject(IPairObserver, Recorder()))
@@ -263,7 +271,7 @@ def keyed(spec: str) -> list:
     return out
 
 
-class KeyedPairingTests(SynchronousTestCase):
+class KeyedPairingCases:
     """Pairing by the key of the client message each item answers."""
 
     def run_keyed(self, truth_spec: str, target_spec: str, expected: list[tuple]) -> Pairer:
@@ -306,3 +314,46 @@ class KeyedPairingTests(SynchronousTestCase):
                 ("sync", "I", "I"),
             ],
         )
+
+
+class Implementation:
+    """The module's ``Pairer``, ``StatementResult`` and ``SyncPoint``, as one
+    implementation gives them, for the length of a test."""
+
+    pairer: Any
+    items: Any
+
+    def setUp(self) -> None:
+        module = sys.modules[__name__]
+        self.patch(module, "Pairer", self.pairer)  # type: ignore[attr-defined]
+        self.patch(module, "StatementResult", self.items.StatementResult)  # type: ignore[attr-defined]
+        self.patch(module, "SyncPoint", self.items.SyncPoint)  # type: ignore[attr-defined]
+
+
+class Python(Implementation):
+    pairer, items = pairing.PYTHON, responses.PYTHON
+
+
+class C(Implementation):
+    pairer, items = pairing.C, responses.C
+    if pairing.C is None:
+        skip = "the C tracker was not built"
+
+
+class CWithPythonItems(Implementation):
+    pairer, items = pairing.C, responses.PYTHON
+    if pairing.C is None:
+        skip = "the C tracker was not built"
+
+
+for _cases in (PairerCases, CapCases, ObserverCases, KeyedPairingCases):
+    for _impl in (Python, C, CWithPythonItems):
+        _name = _cases.__name__.replace("Cases", "Tests") + _impl.__name__
+        globals()[_name] = type(_name, (_impl, _cases, SynchronousTestCase), {})
+del _cases, _impl, _name
+
+
+class SelectionTests(SynchronousTestCase):
+    def test_the_pairer_runs_with_its_tracker(self) -> None:
+        expected = pairing.C if responses.IMPLEMENTATION == "c" else pairing.PYTHON
+        self.assertIs(pairing.Pairer, expected)
