@@ -2,7 +2,8 @@
 
 ``optional=True``: without a working compiler (or Python headers) the build says so and
 goes on, and Twinkly runs its pure-Python implementation (twinkly/wire/accel.py,
-twinkly/tracking/python_tracker.py, twinkly/compare/lane.py).
+twinkly/tracking/python_tracker.py, twinkly/compare/lane.py,
+twinkly/proxy/sockets.py).
 """
 
 from setuptools import Extension, setup
@@ -24,6 +25,12 @@ setup(
                 "twinkly/tracking/_pairer.c",
             ],
             depends=["twinkly/tracking/_tracker.h"],
+            extra_compile_args=["-O2"],
+            optional=True,
+        ),
+        Extension(
+            "twinkly.proxy._dispatch",
+            sources=["twinkly/proxy/_dispatch.c"],
             extra_compile_args=["-O2"],
             optional=True,
         ),

@@ -98,7 +98,7 @@ class BackendProtocol(Protocol):
         self.startup_bytes: list[bytes] = []  # ParameterStatus and notices, for the client
         self.server_parameters: dict[str, str] = {}
         self.leftover: list[tuple[int, bytes]] = []
-        self.on_data: Callable[[bytes], None] | None = None
+        self._on_data: Callable[[bytes], None] | None = None
         self.on_lost: Callable[[BackendProtocol, Failure], None] | None = None
         self.draining = False  # terminated, open until the server has sent what it owes
         self.after_drain: Callable[[BackendProtocol], None] | None = None
@@ -189,8 +189,23 @@ class BackendProtocol(Protocol):
 
     # --- data ----------------------------------------------------------------------
 
+    @property
+    def on_data(self) -> Callable[[bytes], None] | None:
+        """Who receives every chunk once the session has taken over (None before)."""
+        return self._on_data
+
+    @on_data.setter
+    def on_data(self, receiver: Callable[[bytes], None] | None) -> None:
+        # The receiver also becomes this instance's dataReceived: the reactor's read
+        # reaches the session in one call instead of two, on every backend read.
+        self._on_data = receiver
+        if receiver is None:
+            self.__dict__.pop("dataReceived", None)
+        else:
+            self.dataReceived = receiver  # type: ignore[method-assign, assignment]
+
     def dataReceived(self, data: bytes) -> None:
-        on_data = self.on_data
+        on_data = self._on_data
         if on_data is not None:
             on_data(data)
             return

@@ -16,7 +16,11 @@ from collections.abc import Callable
 from select import EPOLLIN
 
 from twisted.internet import main, tcp
+from twisted.internet.endpoints import _WrappingProtocol
 from twisted.python import log as legacy_log
+from twisted.python.failure import Failure
+
+from twinkly.wire import accel
 
 
 def immediate_writer(transport: object) -> Callable[[bytes], None]:
@@ -61,11 +65,13 @@ def direct_dispatch(reactor: object) -> bool:
     bytes: about a dozen calls per read, three reads or more per statement. Twinkly logs
     with ``twisted.logger``, which never reads that context. A plain read event of a
     connected TCP connection (``tcp.Server``/``tcp.Client``, whose ``doRead`` is
-    Twisted's own) is handled here as ``Connection.doRead`` would: ``recv``, then the
-    protocol's ``dataReceived``; end of stream, a socket error or an exception from the
-    protocol disconnects it as ``_doReadOrWrite`` does. Every other event goes to
-    ``_doReadOrWrite``. Returns whether the reactor was changed (only Twisted's
-    EPollReactor is).
+    Twisted's own) is handled as ``Connection.doRead`` would: ``recv``, then the
+    protocol's ``dataReceived`` (a connected endpoint's ``_WrappingProtocol`` only
+    forwards it, so it is skipped); end of stream, a socket error or an exception from
+    the protocol disconnects it as ``_doReadOrWrite`` does. Every other event goes to
+    ``_doReadOrWrite``. One poll's events are dispatched by ``dispatch``: C
+    (``_dispatch.c``) when built, else ``python_dispatch``; the same cases test both.
+    Returns whether the reactor was changed (only Twisted's EPollReactor is).
     """
     from twisted.internet.epollreactor import EPollReactor
 
@@ -75,31 +81,43 @@ def direct_dispatch(reactor: object) -> bool:
     selectables = reactor._selectables
     handle = reactor._doReadOrWrite
     disconnect = reactor._disconnectSelectable
-    readable = EPOLLIN
-    plain = (tcp.Server, tcp.Client)
+    dispatch = DISPATCH
 
     def do_poll(timeout: float | None) -> None:
         try:
             events = poll(-1 if timeout is None else timeout, len(selectables))
         except InterruptedError:
             return
-        for fd, event in events:
-            selectable = selectables.get(fd)
-            if selectable is None:
-                continue
-            try:
-                if event == readable and type(selectable) in plain and selectable.connected:
-                    _read(selectable, disconnect)
-                else:
-                    handle(selectable, fd, event)
-            except KeyboardInterrupt:
-                raise
-            except BaseException:
-                _log_error(selectable)
+        dispatch(events, selectables, handle, disconnect)
 
     reactor.doPoll = reactor.doIteration = do_poll  # type: ignore[method-assign]
     reactor._twinkly_direct = True  # type: ignore[attr-defined]
     return True
+
+
+_PLAIN = (tcp.Server, tcp.Client)
+
+
+def python_dispatch(
+    events: list[tuple[int, int]],
+    selectables: dict[int, object],
+    handle: Callable[..., None],
+    disconnect: Callable[..., None],
+) -> None:
+    """One poll's events (the reference of ``_dispatch.c``)."""
+    for fd, event in events:
+        selectable = selectables.get(fd)
+        if selectable is None:
+            continue
+        try:
+            if event == EPOLLIN and type(selectable) in _PLAIN and selectable.connected:  # type: ignore[attr-defined]
+                _read(selectable, disconnect)  # type: ignore[arg-type]
+            else:
+                handle(selectable, fd, event)
+        except KeyboardInterrupt:
+            raise
+        except BaseException as e:
+            _log_error(selectable, e)
 
 
 def _read(connection: tcp.Connection, disconnect: Callable[..., None]) -> None:
@@ -114,19 +132,38 @@ def _read(connection: tcp.Connection, disconnect: Callable[..., None]) -> None:
     if not data:
         disconnect(connection, main.CONNECTION_DONE, True)  # a half-close, if it takes one
         return
+    protocol = connection.protocol
+    if type(protocol) is _WrappingProtocol:
+        protocol = protocol._wrappedProtocol
     try:
-        connection.protocol.dataReceived(data)
+        protocol.dataReceived(data)
     except KeyboardInterrupt:
         raise
     except BaseException as e:
-        _log_error(connection)
+        _log_error(connection, e)
         disconnect(connection, e, False)
 
 
-def _log_error(selectable: object) -> None:
-    """Log the exception being handled, as Twisted's dispatch does."""
+def _log_error(selectable: object, error: BaseException) -> None:
+    """Log an exception from an event's handling, as Twisted's dispatch does."""
     try:
         system = selectable.logPrefix()  # type: ignore[attr-defined]
     except Exception:
         system = "(buggy logPrefix method)"
-    legacy_log.err(system=system)
+    legacy_log.err(Failure(error), system=system)
+
+
+PYTHON_DISPATCH = python_dispatch
+C_DISPATCH: Callable[..., None] | None = None
+try:
+    from twinkly.proxy import _dispatch  # type: ignore[attr-defined]
+except ImportError:  # built without a compiler
+    pass
+else:
+    _dispatch.setup(
+        _PLAIN, _WrappingProtocol, _log_error, main.CONNECTION_LOST, main.CONNECTION_DONE
+    )
+    C_DISPATCH = _dispatch.dispatch
+
+# The C loop runs with the other C accelerators (TWINKLY_PURE_PYTHON=1: the reference).
+DISPATCH = C_DISPATCH if C_DISPATCH is not None and accel.IMPLEMENTATION == "c" else PYTHON_DISPATCH

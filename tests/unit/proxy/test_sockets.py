@@ -11,6 +11,7 @@ from twisted.internet.protocol import Protocol
 from twisted.internet.testing import MemoryReactor, StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
+from twinkly.proxy import sockets
 from twinkly.proxy.sockets import immediate_writer
 
 
@@ -76,9 +77,18 @@ class Recorder(Protocol):
         self.lost.append(reason)
 
 
-class DirectDispatchTests(SynchronousTestCase):
+class DirectDispatchCases:
     """direct_dispatch: an epoll reactor's readiness events reach doRead without the
-    legacy log context; other reactors are left alone. The reactor is never run."""
+    legacy log context; other reactors are left alone. The reactor is never run. Every
+    case runs with each implementation of one poll's dispatch (C skipped when not
+    built)."""
+
+    dispatch: object
+
+    def setUp(self) -> None:
+        from twinkly.proxy import sockets
+
+        self.patch(sockets, "DISPATCH", self.dispatch)  # type: ignore[attr-defined]
 
     def test_epoll_events_reach_the_reader(self) -> None:
         from twisted.internet.epollreactor import EPollReactor
@@ -162,3 +172,52 @@ class DirectDispatchTests(SynchronousTestCase):
 
         reactor = MemoryReactor()
         self.assertFalse(direct_dispatch(reactor))
+
+    def test_an_endpoint_wrapper_is_skipped(self) -> None:
+        from twisted.internet import defer
+        from twisted.internet.endpoints import _WrappingProtocol
+
+        protocol = Recorder()
+        wrapper = _WrappingProtocol(defer.Deferred(), protocol)
+        wrapper.dataReceived = None  # type: ignore[method-assign]  # never called
+        reactor, peer, _generic = self._connection(wrapper)
+        peer.send(b"hello")
+        reactor.doIteration(0)
+        self.assertEqual(protocol.data, [b"hello"])
+
+    def test_an_error_from_other_events_is_logged_and_the_loop_goes_on(self) -> None:
+        protocol = Recorder()
+        reactor, peer, _generic = self._connection(protocol)
+
+        def broken(*event: object) -> None:
+            raise RuntimeError("a bug in a writer")
+
+        reactor._doReadOrWrite = broken  # type: ignore[method-assign]
+        connection = next(c for c in reactor._selectables.values() if isinstance(c, tcp.Server))
+        fd = connection.fileno()
+        sockets.DISPATCH([(fd, 4), (fd, 1)], reactor._selectables, broken,
+                         reactor._disconnectSelectable)  # fmt: skip
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)  # type: ignore[attr-defined]
+        peer.send(b"after")
+        sockets.DISPATCH([(fd, 1)], reactor._selectables, broken,
+                         reactor._disconnectSelectable)  # fmt: skip
+        self.assertEqual(protocol.data, [b"after"])
+
+
+class DirectDispatchTestsPython(DirectDispatchCases, SynchronousTestCase):
+    dispatch = staticmethod(sockets.PYTHON_DISPATCH)
+
+
+class DirectDispatchTestsC(DirectDispatchCases, SynchronousTestCase):
+    dispatch = staticmethod(sockets.C_DISPATCH) if sockets.C_DISPATCH else None
+
+    if sockets.C_DISPATCH is None:
+        skip = "the C dispatch was not built"
+
+
+class DispatchSelectionTests(SynchronousTestCase):
+    def test_the_c_loop_runs_with_the_accelerator(self) -> None:
+        from twinkly.wire import accel
+
+        expected = sockets.C_DISPATCH if accel.IMPLEMENTATION == "c" else sockets.PYTHON_DISPATCH
+        self.assertIs(sockets.DISPATCH, expected or sockets.PYTHON_DISPATCH)
