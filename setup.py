@@ -23,6 +23,7 @@ setup(
                 "twinkly/tracking/_tracker_machine.c",
                 "twinkly/tracking/_tracker_results.c",
                 "twinkly/tracking/_pairer.c",
+                "twinkly/tracking/_owing.c",
             ],
             depends=["twinkly/tracking/_tracker.h"],
             extra_compile_args=["-O2"],

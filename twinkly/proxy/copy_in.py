@@ -20,12 +20,6 @@ from twinkly.wire.frontend import CopyFail, encode
 HOLD_BYTES = 1024 * 1024  # client bytes held for the target before the client waits
 
 
-def may_copy_from(payload: bytes) -> bool:
-    """Whether a Query or Parse may start COPY FROM STDIN (a cheap, generous test)."""
-    lowered = payload.lower()
-    return b"copy" in lowered and b"stdin" in lowered
-
-
 class CopyAlignment:
     """One session's COPY bookkeeping for its target."""
 

@@ -35,7 +35,7 @@ from twinkly.interfaces import (
     IVerdictListener,
 )
 from twinkly.proxy.backend import BackendProtocol, SideConnection, send_cancel
-from twinkly.proxy.copy_in import CopyAlignment, may_copy_from
+from twinkly.proxy.copy_in import CopyAlignment
 from twinkly.proxy.ending import cancel_executing
 from twinkly.proxy.enforcer import Enforcer
 from twinkly.proxy.flow import GateReason, PauseGate
@@ -48,13 +48,9 @@ from twinkly.proxy.tap import Tap, tee
 from twinkly.proxy.transports import IStreamTransport, stream_of
 from twinkly.proxy.verdicts import VerdictQueue
 from twinkly.tracking.contexts import INTERNAL, ClientContexts
+from twinkly.tracking.owing import owe
 from twinkly.tracking.pairing import Pairer
-from twinkly.tracking.responses import (
-    CLIENT_EXPECTATIONS,
-    DESCRIBE_PORTAL,
-    SUB_BITS,
-    ResponseTracker,
-)
+from twinkly.tracking.responses import SUB_BITS, ResponseTracker
 from twinkly.wire.backend import ErrorResponse
 from twinkly.wire.buffers import tagged
 from twinkly.wire.framing import MessageFramer, ProtocolViolation
@@ -62,12 +58,6 @@ from twinkly.wire.frontend import Query, Terminate, encode
 
 log = Logger()
 
-_TERMINATE = ord("X")
-_DESCRIBE = ord("D")
-_QUERY = ord("Q")
-_PARSE = ord("P")
-_EXECUTE = ord("E")
-_SYNC = ord("S")
 
 DRAIN_SECONDS = 30.0  # how long a closed session waits for a backend's owed answers
 
@@ -362,37 +352,17 @@ class Session:
     def _fan_out(self, data: bytes, messages: list[tuple[int, bytes]]) -> None:
         """The client's bytes to both backends, with what each now owes."""
         terminate = False
-        copy_from = False
         hold_seq = 0
         if messages:
-            now = self._tick()
-            truth_expect = self.truth_tracker.expect
             # Without a target nothing is owed there (its queue would only grow).
-            target_expect = self.target_tracker.expect if self.target is not None else _nothing
-            seq = self._seq
-            contexts = self.contexts
-            for type_byte, payload in messages:
-                kind = CLIENT_EXPECTATIONS.get(type_byte)
-                if kind is not None:
-                    if type_byte == _DESCRIBE and payload[:1] == b"P":
-                        kind = DESCRIBE_PORTAL
-                    seq += 1
-                    context = (
-                        contexts.context(type_byte, payload)
-                        if contexts and type_byte != _SYNC  # a Sync has no context
-                        else None
-                    )
-                    truth_expect(kind, now, seq, context)
-                    target_expect(kind, now, seq, context)
-                    if type_byte == _QUERY or type_byte == _PARSE:
-                        copy_from = may_copy_from(payload)
-                        if copy_from and type_byte == _QUERY:
-                            hold_seq = seq
-                    elif type_byte == _EXECUTE and copy_from:
-                        hold_seq = seq
-                elif type_byte == _TERMINATE:
-                    terminate = True
-            self._seq = seq
+            self._seq, hold_seq, terminate = owe(
+                messages,
+                self._tick(),
+                self._seq,
+                self.truth_tracker,
+                self.target_tracker if self.target is not None else None,
+                self.contexts,
+            )
         self._to_truth(data)
         if self.target is not None:
             if self.truth_tracker.status == "E" and self.analyze is not None:

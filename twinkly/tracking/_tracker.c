@@ -11,9 +11,9 @@
  * register(result_type, sync_type), so what the tracker emits is what Python code
  * imports and checks with ``type(item) is SyncPoint``.
  *
- * Four files share _tracker.h: _tracker_results.c (Result and Sync), _tracker_machine.c
+ * Five files share _tracker.h: _tracker_results.c (Result and Sync), _tracker_machine.c
  * (what each backend message does to what is owed), _pairer.c (the pairer's common
- * steps, PairerCore) and this one (the ResponseTracker type and the module).
+ * steps, PairerCore), _owing.c (what the client's messages owe) and this one (the ResponseTracker type and the module).
  */
 #include "_tracker.h"
 
@@ -147,6 +147,23 @@ tracker_feed(Tracker *t, PyObject *messages)
     Py_RETURN_NONE;
 }
 
+int
+expect_kind(Tracker *t, int kind, double now, long long seq, PyObject *context)
+{
+    if (t->copy_in_syncs) {
+        if (kind == K_SYNC)
+            return 0;  /* the backend ignores Sync during COPY FROM STDIN */
+        if (kind == K_COPY_END)
+            t->copy_in_syncs = 0;
+    }
+    if (t->skipping) {
+        if (kind != K_SYNC)
+            return 0;
+        t->skipping = 0;
+    }
+    return owed_append(t, kind, now, seq, context);
+}
+
 static PyObject *
 tracker_expect(Tracker *t, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -165,18 +182,7 @@ tracker_expect(Tracker *t, PyObject *const *args, Py_ssize_t nargs)
         PyErr_Format(PyExc_ValueError, "expect: unknown request %R", name);
         return NULL;
     }
-    if (t->copy_in_syncs) {
-        if (kind == K_SYNC)
-            Py_RETURN_NONE;  /* the backend ignores Sync during COPY FROM STDIN */
-        if (kind == K_COPY_END)
-            t->copy_in_syncs = 0;
-    }
-    if (t->skipping) {
-        if (kind != K_SYNC)
-            Py_RETURN_NONE;
-        t->skipping = 0;
-    }
-    if (owed_append(t, kind, now, seq, context) < 0)
+    if (expect_kind(t, kind, now, seq, context) < 0)
         return NULL;
     Py_RETURN_NONE;
 }
@@ -335,7 +341,7 @@ static PyMethodDef tracker_methods[] = {
     {NULL},
 };
 
-static PyTypeObject TrackerType = {
+PyTypeObject TrackerType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "twinkly.tracking._tracker.ResponseTracker",
     .tp_basicsize = sizeof(Tracker),
@@ -371,6 +377,9 @@ module_register(PyObject *self, PyObject *args)
 }
 
 static PyMethodDef module_methods[] = {
+    {"owe", (PyCFunction)(void (*)(void))module_owe, METH_FASTCALL,
+     "owe(messages, now, seq, truth, target, contexts) -> (seq, hold_seq, terminate)"},
+    {"setup_owing", module_setup_owing, METH_O, "setup_owing(ClientContexts)"},
     {"register", module_register, METH_VARARGS,
      "register(result_type, sync_type): the classes the tracker makes"},
     {NULL},
@@ -385,7 +394,8 @@ PyMODINIT_FUNC
 PyInit__tracker(void)
 {
     if (PyType_Ready(&ResultType) < 0 || PyType_Ready(&SyncType) < 0 ||
-        PyType_Ready(&TrackerType) < 0 || pairer_ready() < 0)
+        PyType_Ready(&TrackerType) < 0 || pairer_ready() < 0 ||
+        owing_ready() < 0)
         return NULL;
     for (int k = 0; k < K_COUNT; k++) {
         kind_strs[k] = PyUnicode_InternFromString(kind_names[k]);

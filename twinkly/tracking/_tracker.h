@@ -20,7 +20,7 @@ extern PyObject *kind_strs[K_COUNT];
 #define EXECUTING(k) ((k) == K_EXECUTE || (k) == K_QUERY || (k) == K_FUNCTION_CALL)
 
 extern PyTypeObject *result_type, *sync_type;  /* the registered subclasses */
-extern PyTypeObject ResultType, SyncType;
+extern PyTypeObject ResultType, SyncType, TrackerType;
 
 static inline uint32_t
 read_len(const unsigned char *p)
@@ -90,6 +90,14 @@ Py_ssize_t sample_room(Tracker *t, Result *r);
 int scan_rows(Tracker *t, Result *r, const unsigned char *data, Py_ssize_t size,
               Py_ssize_t *pos, Py_ssize_t limit, Py_ssize_t *room, Py_ssize_t *rows,
               uint64_t *digest);
+
+/* _tracker.c */
+int expect_kind(Tracker *t, int kind, double now, long long seq, PyObject *context);
+
+/* _owing.c */
+PyObject *module_owe(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
+PyObject *module_setup_owing(PyObject *module, PyObject *arg);
+int owing_ready(void);
 
 /* _pairer.c */
 extern PyTypeObject PairerCoreType;
