@@ -1,13 +1,14 @@
 /* owe(): twinkly/tracking/owing.py's python_owe, message for message.
  *
  * For C trackers the expectation is pushed directly (expect_kind, _tracker.c); any
- * other tracker gets its expect() called. A Query's context is made here when the
- * contexts are a plain ClientContexts (its context() would return the same tuple);
- * every other message's context comes from contexts.context(). */
+ * other tracker gets its expect() called. When the contexts are a plain ClientContexts,
+ * the contexts of well-formed Query, Parse, Bind, Execute and Describe messages are
+ * made here, from and into its own dicts, exactly as its context() would; every other
+ * message (a malformed one, Close, FunctionCall) is given to contexts.context(). */
 #include "_tracker.h"
 
 static PyTypeObject *plain_contexts;  /* twinkly.tracking.contexts.ClientContexts */
-static PyObject *s_context, *s_expect, *no_types;
+static PyObject *s_context, *s_expect, *s_statements, *s_portals, *s_max, *no_types;
 
 static int
 kind_for(int type, const char *payload, Py_ssize_t size)
@@ -72,14 +73,169 @@ push(PyObject *tracker, int kind, double now, long long seq, PyObject *context)
     return 0;
 }
 
+/* The first NUL of p[from:n], or -1. */
+static Py_ssize_t
+nul(const char *p, Py_ssize_t n, Py_ssize_t from)
+{
+    if (from < 0 || from >= n)
+        return -1;
+    const char *found = memchr(p + from, 0, (size_t)(n - from));
+    return found ? found - p : -1;
+}
+
+/* ClientContexts._remember: ``value`` under ``name``, as the newest; the oldest name
+ * goes past ``max``. */
+static int
+remember(PyObject *names, PyObject *name, PyObject *value, Py_ssize_t max)
+{
+    int present = PyDict_Contains(names, name);
+    if (present < 0 || (present && PyDict_DelItem(names, name) < 0)
+        || PyDict_SetItem(names, name, value) < 0)
+        return -1;
+    if (PyDict_GET_SIZE(names) > max) {
+        Py_ssize_t pos = 0;
+        PyObject *oldest, *ignored;
+        if (PyDict_Next(names, &pos, &oldest, &ignored)) {
+            Py_INCREF(oldest);
+            int gone = PyDict_DelItem(names, oldest);
+            Py_DECREF(oldest);
+            return gone;
+        }
+    }
+    return 0;
+}
+
+/* names.get(name) as a new reference (None when absent), or NULL on error. */
+static PyObject *
+lookup(PyObject *names, const char *p, Py_ssize_t size)
+{
+    PyObject *name = PyBytes_FromStringAndSize(p, size);
+    if (name == NULL)
+        return NULL;
+    PyObject *found = PyDict_GetItemWithError(names, name);
+    Py_DECREF(name);
+    if (found == NULL)
+        return PyErr_Occurred() ? NULL : Py_NewRef(Py_None);
+    return Py_NewRef(found);
+}
+
+/* ClientContexts.context for a well-formed Parse, Bind, Execute or Describe of a plain
+ * ClientContexts; ``*done`` = 0 leaves the message to contexts.context(). */
+static PyObject *
+named_context(PyObject *contexts, int type, PyObject *payload, int *done)
+{
+    const char *p = PyBytes_AS_STRING(payload);
+    Py_ssize_t n = PyBytes_GET_SIZE(payload);
+    Py_ssize_t from = type == 'D' ? 1 : 0;
+    Py_ssize_t end = nul(p, n, from);
+    Py_ssize_t second = type == 'P' || type == 'B' ? nul(p, n, end + 1) : 0;
+    *done = 0;
+    if (end < 0 || second < 0 || (type == 'D' && p[0] != 'S' && p[0] != 'P'))
+        return NULL;  /* malformed: the reference's slicing decides */
+    int statement = type == 'P' || (type == 'D' && p[0] == 'S');
+    PyObject *names = PyObject_GetAttr(contexts, statement ? s_statements : s_portals);
+    if (names == NULL)
+        return NULL;
+    if (!PyDict_CheckExact(names)) {
+        Py_DECREF(names);
+        return NULL;
+    }
+    PyObject *result = NULL;
+    *done = 1;
+    if (type == 'E' || type == 'D') {
+        PyObject *found = lookup(names, p + from, end - from);
+        if (found != NULL && type == 'D' && found != Py_None) {
+            /* a statement (sql, oids) described as (sql, None, oids) */
+            if (PyTuple_Check(found) && PyTuple_GET_SIZE(found) == 2)
+                result = PyTuple_Pack(3, PyTuple_GET_ITEM(found, 0), Py_None,
+                                      PyTuple_GET_ITEM(found, 1));
+            else
+                *done = 0;
+            Py_DECREF(found);
+        } else {
+            result = found;
+        }
+        Py_DECREF(names);
+        return result;
+    }
+    PyObject *max_obj = PyObject_GetAttr(contexts, s_max);
+    Py_ssize_t max = max_obj ? PyLong_AsSsize_t(max_obj) : -1;
+    Py_XDECREF(max_obj);
+    if (max < 0 && PyErr_Occurred()) {
+        Py_DECREF(names);
+        return NULL;
+    }
+    PyObject *name = PyBytes_FromStringAndSize(p, end);
+    PyObject *value = NULL;
+    if (name != NULL && type == 'P') {
+        Py_ssize_t count_at = second + 1;
+        Py_ssize_t count = count_at + 2 <= n
+                               ? ((unsigned char)p[count_at] << 8) | (unsigned char)p[count_at + 1]
+                               : -1;
+        if (count < 0 || count_at + 2 + 4 * count > n) {
+            *done = 0;  /* a short Parse: the reference's slicing decides */
+        } else {
+            PyObject *sql = PyUnicode_DecodeUTF8(p + end + 1, second - end - 1, "replace");
+            PyObject *oids = sql ? PyTuple_New(count) : NULL;
+            for (Py_ssize_t i = 0; oids != NULL && i < count; i++) {
+                PyObject *oid = PyLong_FromUnsignedLong(read_len(
+                    (const unsigned char *)p + count_at + 2 + 4 * i));
+                if (oid == NULL)
+                    Py_CLEAR(oids);
+                else
+                    PyTuple_SET_ITEM(oids, i, oid);
+            }
+            value = oids ? PyTuple_Pack(2, sql, oids) : NULL;
+            result = value ? PyTuple_Pack(3, sql, Py_None, oids) : NULL;
+            Py_XDECREF(sql);
+            Py_XDECREF(oids);
+        }
+    } else if (name != NULL) {  /* Bind */
+        PyObject *statements = PyObject_GetAttr(contexts, s_statements);
+        PyObject *found = statements && PyDict_CheckExact(statements)
+                              ? lookup(statements, p + end + 1, second - end - 1)
+                              : NULL;
+        if (statements != NULL && !PyDict_CheckExact(statements))
+            *done = 0;
+        if (found == Py_None) {
+            value = Py_NewRef(Py_None);
+        } else if (found != NULL && PyTuple_Check(found) && PyTuple_GET_SIZE(found) == 2) {
+            value = PyTuple_Pack(3, PyTuple_GET_ITEM(found, 0), payload,
+                                 PyTuple_GET_ITEM(found, 1));
+        } else if (found != NULL) {
+            *done = 0;
+        }
+        Py_XDECREF(found);
+        Py_XDECREF(statements);
+        result = Py_XNewRef(value);
+    }
+    if (*done && value != NULL
+        && remember(names, name, value, max) < 0)
+        Py_CLEAR(result);
+    Py_XDECREF(value);
+    Py_XDECREF(name);
+    Py_DECREF(names);
+    return result;
+}
+
 static PyObject *
 context_of(PyObject *contexts, int type, PyObject *type_obj, PyObject *payload)
 {
-    if (type == 'Q' && Py_TYPE(contexts) == plain_contexts) {
-        Py_ssize_t n = PyBytes_GET_SIZE(payload);
-        PyObject *sql = PyUnicode_DecodeUTF8(PyBytes_AS_STRING(payload), n > 0 ? n - 1 : 0,
-                                             "replace");
-        return sql ? PyTuple_Pack(3, sql, Py_None, no_types) : NULL;
+    if (Py_TYPE(contexts) == plain_contexts) {
+        if (type == 'Q') {
+            Py_ssize_t n = PyBytes_GET_SIZE(payload);
+            PyObject *sql = PyUnicode_DecodeUTF8(PyBytes_AS_STRING(payload), n > 0 ? n - 1 : 0,
+                                                 "replace");
+            PyObject *context = sql ? PyTuple_Pack(3, sql, Py_None, no_types) : NULL;
+            Py_XDECREF(sql);
+            return context;
+        }
+        if (type == 'P' || type == 'B' || type == 'E' || type == 'D') {
+            int done;
+            PyObject *context = named_context(contexts, type, payload, &done);
+            if (done || PyErr_Occurred())
+                return context;
+        }
     }
     PyObject *args[3] = {contexts, type_obj, payload};
     return PyObject_VectorcallMethod(s_context, args, 3, NULL);
@@ -160,6 +316,9 @@ owing_ready(void)
 {
     s_context = PyUnicode_InternFromString("context");
     s_expect = PyUnicode_InternFromString("expect");
+    s_statements = PyUnicode_InternFromString("statements");
+    s_portals = PyUnicode_InternFromString("portals");
+    s_max = PyUnicode_InternFromString("_max");
     no_types = PyTuple_New(0);
-    return s_context && s_expect && no_types ? 0 : -1;
+    return s_context && s_expect && s_statements && s_portals && s_max && no_types ? 0 : -1;
 }

@@ -136,6 +136,55 @@ class COwe(OweCases, SynchronousTestCase):
         skip = "the C tracker was not built"
 
 
+def _batches() -> list[list[tuple[int, bytes]]]:
+    """Batches a session could send, malformed ones among them, in one order."""
+    batches = [messages(*PREPARED)]
+    for i in range(6):  # more names than the contexts keep (max_names=3 below)
+        batches.append(messages(
+            f.Parse(f"s{i}", f"select {i} + $1", (23,) if i % 2 else ()),
+            f.Bind(f"p{i % 4}", f"s{i}", (), (b"1",), ()),
+            f.Describe("S", f"s{i}"),
+            f.Describe("P", f"p{i % 4}"),
+            f.Execute(f"p{i % 4}", 0),
+            f.Bind("", f"s{i - 2}", (), (), ()),  # an evicted statement: no context
+            f.Execute("", 0),
+            f.Sync(),
+        ))  # fmt: skip
+    batches.append(messages(f.Close("S", "s5"), f.Describe("S", "s5"), f.Close("P", "p1")))
+    batches.append(messages(f.Parse("", "select 'caf\u00e9'", (25, 1043)), f.Sync()))
+    batches.append([(ord("E"), b"no terminator"), (ord("B"), b"p\x00s"), (ord("D"), b"X")])
+    batches.append([(ord("P"), b"s\x00select 1\x00\x00"), (ord("P"), b"t\x00x\x00\x00\x02")])
+    batches.append([(ord("D"), b""), (ord("E"), b""), (ord("F"), b"\x00\x00\x04\xd2")])
+    batches.append([(ord("Q"), b""), (ord("Q"), b"select '\xff'\x00")])
+    return batches
+
+
+class EquivalenceTests(SynchronousTestCase):
+    """The C owe and the reference, batch after batch, each with its own contexts and
+    trackers: the same numbers, the same owed requests and contexts, the same names."""
+
+    if owing.C is None:
+        skip = "the C tracker was not built"
+
+    def test_the_same_batches_owe_the_same(self) -> None:
+        sides = []
+        for owe in (owing.PYTHON, owing.C):
+            contexts = ClientContexts(max_names=3)
+            truth, target = RecordingTracker(), RecordingTracker()
+            results = [
+                owe(batch, 1.0, 10 * i, truth, target, contexts)
+                for i, batch in enumerate(_batches())
+            ]
+            sides.append((results, truth.owed, target.owed, contexts.statements, contexts.portals))
+        python, c = sides
+        self.assertEqual(python[0], c[0])
+        self.assertEqual(python[1], c[1])
+        self.assertEqual(python[2], c[2])
+        self.assertEqual(list(python[3].items()), list(c[3].items()))  # order: eviction
+        self.assertEqual(list(python[4].items()), list(c[4].items()))
+        self.assertGreater(sum(context is not None for *_, context in c[1]), 20)
+
+
 class SelectionTests(SynchronousTestCase):
     def test_owe_runs_with_its_tracker(self) -> None:
         expected = owing.C if responses.IMPLEMENTATION == "c" else owing.PYTHON
