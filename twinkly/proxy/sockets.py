@@ -24,14 +24,20 @@ from twinkly.wire import accel
 
 
 def immediate_writer(transport: object) -> Callable[[bytes], None]:
-    """A write function for ``transport``: immediate for a plain TCP connection,
-    ``transport.write`` itself for anything else (TLS, test transports)."""
+    """A write function for ``transport``: immediate for a plain TCP connection
+    (``Writer``: C when built, else ``python_writer``), ``transport.write`` itself for
+    anything else (TLS, test transports)."""
     if not isinstance(transport, tcp.Connection) or not all(
         hasattr(transport, name) for name in ("dataBuffer", "_tempDataBuffer", "socket", "TLS")
     ):
         return transport.write  # type: ignore[attr-defined, no-any-return]
-    buffered_write = transport.write
-    connection = transport
+    return WRITER(transport, transport.write)
+
+
+def python_writer(
+    connection: tcp.Connection, buffered_write: Callable[[bytes], None]
+) -> Callable[[bytes], None]:
+    """The reference of ``_dispatch.c``'s Writer."""
 
     def write(data: bytes) -> None:
         if (
@@ -153,8 +159,9 @@ def _log_error(selectable: object, error: BaseException) -> None:
     legacy_log.err(Failure(error), system=system)
 
 
-PYTHON_DISPATCH = python_dispatch
+PYTHON_DISPATCH, PYTHON_WRITER = python_dispatch, python_writer
 C_DISPATCH: Callable[..., None] | None = None
+C_WRITER: Callable[..., Callable[[bytes], None]] | None = None
 try:
     from twinkly.proxy import _dispatch  # type: ignore[attr-defined]
 except ImportError:  # built without a compiler
@@ -163,7 +170,9 @@ else:
     _dispatch.setup(
         _PLAIN, _WrappingProtocol, _log_error, main.CONNECTION_LOST, main.CONNECTION_DONE
     )
-    C_DISPATCH = _dispatch.dispatch
+    C_DISPATCH, C_WRITER = _dispatch.dispatch, _dispatch.Writer
 
-# The C loop runs with the other C accelerators (TWINKLY_PURE_PYTHON=1: the reference).
-DISPATCH = C_DISPATCH if C_DISPATCH is not None and accel.IMPLEMENTATION == "c" else PYTHON_DISPATCH
+# The C ones run with the other C accelerators (TWINKLY_PURE_PYTHON=1: the references).
+_C = C_DISPATCH is not None and accel.IMPLEMENTATION == "c"
+DISPATCH: Callable[..., None] = C_DISPATCH if _C else PYTHON_DISPATCH  # type: ignore[assignment]
+WRITER: Callable[..., Callable[[bytes], None]] = C_WRITER if _C else PYTHON_WRITER  # type: ignore[assignment]

@@ -15,8 +15,13 @@ from twinkly.proxy import sockets
 from twinkly.proxy.sockets import immediate_writer
 
 
-class ImmediateWriterTests(SynchronousTestCase):
+class ImmediateWriterCases:
+    """Each case runs with both writers (the C one skipped when not built)."""
+
+    writer: object
+
     def setUp(self) -> None:
+        self.patch(sockets, "WRITER", self.writer)  # type: ignore[attr-defined]
         ours, self.peer = socket.socketpair()
         ours.setblocking(False)
         self.peer.settimeout(5)
@@ -60,6 +65,36 @@ class ImmediateWriterTests(SynchronousTestCase):
     def test_other_transports_use_their_own_write(self) -> None:
         transport = StringTransport()
         self.assertEqual(immediate_writer(transport), transport.write)
+
+    def test_a_closing_or_closed_connection_buffers(self) -> None:
+        written: list[bytes] = []
+        self.connection.write = written.append  # type: ignore[method-assign]
+        write = immediate_writer(self.connection)
+        self.connection.disconnecting = True
+        write(b"late")
+        self.connection.disconnecting = False
+        self.connection.connected = False
+        write(b"later")
+        self.assertEqual(written, [b"late", b"later"])
+
+    def test_a_socket_error_goes_to_twisted(self) -> None:
+        written: list[bytes] = []
+        self.connection.write = written.append  # type: ignore[method-assign]
+        write = immediate_writer(self.connection)
+        self.peer.close()
+        self.connection.socket.shutdown(socket.SHUT_WR)  # send() now fails: EPIPE
+        write(b"lost")
+        self.assertEqual(written, [b"lost"])
+
+
+class ImmediateWriterTestsPython(ImmediateWriterCases, SynchronousTestCase):
+    writer = staticmethod(sockets.PYTHON_WRITER)
+
+
+class ImmediateWriterTestsC(ImmediateWriterCases, SynchronousTestCase):
+    writer = sockets.C_WRITER
+    if sockets.C_WRITER is None:
+        skip = "the C writer was not built"
 
 
 class Recorder(Protocol):
@@ -219,5 +254,6 @@ class DispatchSelectionTests(SynchronousTestCase):
     def test_the_c_loop_runs_with_the_accelerator(self) -> None:
         from twinkly.wire import accel
 
-        expected = sockets.C_DISPATCH if accel.IMPLEMENTATION == "c" else sockets.PYTHON_DISPATCH
-        self.assertIs(sockets.DISPATCH, expected or sockets.PYTHON_DISPATCH)
+        c = accel.IMPLEMENTATION == "c" and sockets.C_DISPATCH is not None
+        self.assertIs(sockets.DISPATCH, sockets.C_DISPATCH if c else sockets.PYTHON_DISPATCH)
+        self.assertIs(sockets.WRITER, sockets.C_WRITER if c else sockets.PYTHON_WRITER)
